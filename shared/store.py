@@ -77,12 +77,14 @@ def normalize(uri: str | os.PathLike) -> str:
     """Canonical form: ``s3://b/k`` stays, local paths become absolute ``file://`` URIs."""
     uri = str(uri)
     if is_s3(uri):
-        return uri.rstrip("/")
+        return "s3://" + uri[len("s3://") :].rstrip("/")
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
     elif "://" in uri:
         scheme = uri.split("://", 1)[0]
-        raise StoreError(f"unsupported store URI scheme {scheme!r} in {uri!r}: use a local path, file:// or s3://")
+        raise StoreError(
+            f"unsupported store URI scheme {scheme!r} in {uri!r}: use a local path, file:// or s3://"
+        )
     return "file://" + os.path.abspath(os.path.expanduser(uri))
 
 

@@ -1,0 +1,39 @@
+"""Shared fixtures: real services (S3) and a quiet local Ray."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.services import seaweedfs
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A SeaweedFS S3 server for the session; its endpoint and keys are exported for the store."""
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        old = {k: os.environ.get(k) for k in server.env()}
+        os.environ.update(server.env())
+        from shared import store
+
+        store._s3.cache_clear()
+        yield server
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        store._s3.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A small local Ray (2 CPUs), shared by the tests that need one."""
+    import ray
+
+    from jobs.raysetup import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
