@@ -90,14 +90,15 @@ class _Scorer:
     """Actor: holds the model and the hooks, turns pixel batches into score rows."""
 
     def __init__(
-        self, model: str, weights: str, layers: tuple[str, ...], device: str, amp: bool, threads: int
+        self, model: str, weights: str, layers: tuple[str, ...], device: str, amp: bool, threads: int, s3
     ):
         import torch
+
+        from shared.device import pick_device
         from shared.hooks import UnitScores
         from shared.models.zoo import build_model
 
-        from shared.device import pick_device
-
+        store.configure(s3)  # weights may live on the driver's S3
         torch.set_num_threads(max(1, threads))
         self.device = pick_device(device)
         self.model, _ = build_model(model, weights=weights)
@@ -139,9 +140,11 @@ class LayerTablesSink(Datasink):
 
     def __init__(self, dirs: dict[str, str], attempt: str, counter=None):
         self.dirs, self.attempt, self.counter = dirs, attempt, counter
+        self.s3 = store.current_s3()  # the driver's S3 settings travel with the sink to the workers
         self.result: dict | None = None
 
     def write(self, blocks, ctx) -> dict:
+        store.configure(self.s3)
         files: dict[str, list[tuple[str, int]]] = {layer: [] for layer in self.dirs}
         rows = corrupt = 0
         corrupt_ids: list[str] = []
@@ -216,11 +219,11 @@ def run_activations(
 ) -> ActivationsResult:
     """Compute (or reuse) the activation tables of ``spec.layers``; needs a running Ray (jobs.raysetup)."""
     import ray
-    from shared.datasets import read_records
-    from shared.models.zoo import model_info
 
     from jobs.raysetup import cluster_gpus
     from shared.dataset_meta import dataset_id, split_size
+    from shared.datasets import read_records
+    from shared.models.zoo import model_info
 
     t0 = time.time()
     info = model_info(spec.model)
@@ -267,6 +270,7 @@ def run_activations(
             "device": spec.device,
             "amp": spec.amp,
             "threads": threads,
+            "s3": store.current_s3(),
         },
         compute=ray.data.ActorPoolStrategy(size=actors),
         batch_size=spec.batch_size,

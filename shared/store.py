@@ -56,6 +56,20 @@ class S3Config:
         return f"S3Config(endpoint={self.endpoint!r}, region={self.region!r})"
 
 
+_configured: S3Config | None = None
+
+
+def configure(cfg: S3Config | None) -> None:
+    """Set this process's S3 config (jobs hand the driver's config to their Ray workers this way)."""
+    global _configured
+    _configured = cfg
+
+
+def current_s3() -> S3Config:
+    """The S3 config in force: the configured one, else the environment's."""
+    return _configured or S3Config.from_env()
+
+
 @lru_cache(maxsize=8)
 def _s3(cfg: S3Config) -> pafs.S3FileSystem:
     kwargs: dict[str, Any] = {"region": cfg.region}
@@ -95,7 +109,7 @@ def resolve(uri: str | os.PathLike, s3: S3Config | None = None) -> tuple[pafs.Fi
         path = uri[len("s3://") :]
         if not path or path.startswith("/"):
             raise StoreError(f"malformed S3 URI {uri!r}: expected s3://bucket/key")
-        return _s3(s3 or S3Config.from_env()), path
+        return _s3(s3 or current_s3()), path
     return pafs.LocalFileSystem(), uri[len("file://") :]
 
 

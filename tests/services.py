@@ -19,7 +19,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(check, timeout: float, what: str) -> None:
+def wait_until(check, timeout: float, what: str, interval: float = 0.2) -> None:
     """Poll a readiness check until it passes (a deadline, not a fixed sleep)."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
@@ -29,7 +29,7 @@ def wait_until(check, timeout: float, what: str) -> None:
                 return
         except Exception as e:  # not ready yet
             last = e
-        time.sleep(0.2)
+        time.sleep(interval)
     raise TimeoutError(f"{what} not ready after {timeout}s (last error: {last})")
 
 

@@ -1,0 +1,154 @@
+"""The ``vizsweep`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+DEFAULT_STORE = os.environ.get("VIZSWEEP_STORE", "vizsweep-data")
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed without a traceback, exit code 2."""
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="datasets: make the synthetic one, index shards")
+    dsub = data.add_subparsers(dest="data_cmd", required=True)
+    s = dsub.add_parser(
+        "synth", help="write the deterministic synthetic dataset in the three ImageNet layouts"
+    )
+    s.add_argument("--out", required=True, help="dataset root URI (path, file:// or s3://)")
+    s.add_argument("--classes", type=int, default=16, help="number of classes (>= 16 recommended)")
+    s.add_argument("--train-per-class", type=int, default=300)
+    s.add_argument("--val-per-class", type=int, default=50)
+    s.add_argument("--size", type=int, default=64, help="image side in pixels")
+    s.add_argument("--seed", type=int, default=0)
+    i = dsub.add_parser("index", help="build the image_id -> shard/row index of a split")
+    i.add_argument("dataset")
+    i.add_argument("--split", default="val")
+
+
+def _add_jobs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="train a model on a dataset (reused when its key matches)")
+    p.add_argument("--data", required=True, help="dataset root URI")
+    p.add_argument("--model", default="alexnet_mini")
+    p.add_argument("--epochs", type=int, default=None, help="default: the job's own")
+    p.add_argument("--store", default=DEFAULT_STORE)
+    p.add_argument("--seed", type=int, default=0)
+
+    a = sub.add_parser("activations", help="activation tables of layers for a split (Ray Data)")
+    a.add_argument("--data", required=True)
+    a.add_argument("--model", default="alexnet_mini")
+    a.add_argument("--weights", required=True, help="checkpoint URI or torchvision weights name")
+    a.add_argument("--variant-key", default=None, help="default: derived from the weights")
+    a.add_argument("--layers", default="conv5", help="comma-separated layer aliases")
+    a.add_argument("--split", default="val")
+    a.add_argument("--store", default=DEFAULT_STORE)
+    a.add_argument("--batch-size", type=int, default=256)
+    a.add_argument("--k", type=int, default=10, help="also compute top-k sets (0: skip)")
+
+    d = sub.add_parser(
+        "demo", help="end to end: synthetic data -> pretrained model -> activation tables -> top-k grid"
+    )
+    d.add_argument("--store", default=DEFAULT_STORE)
+    d.add_argument("--layers", default="conv3,conv5")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vizsweep", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    _add_data(sub)
+    _add_jobs(sub)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.cmd == "data":
+            return _cmd_data(args)
+        if args.cmd == "pretrain":
+            return _cmd_pretrain(args)
+        if args.cmd == "activations":
+            return _cmd_activations(args)
+        if args.cmd == "demo":
+            from orchestrator.demo import run_demo
+
+            return run_demo(args.store, [x.strip() for x in args.layers.split(",") if x.strip()])
+    except UsageError as e:
+        print(f"vizsweep: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        # Library errors carry the offending value and the valid choices already.
+        print(f"vizsweep: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from orchestrator.progress import Bar
+
+    if args.data_cmd == "synth":
+        from shared.synth import generate
+
+        with Bar("synth") as bar:
+            m = generate(
+                args.out, classes=args.classes, train_per_class=args.train_per_class,
+                val_per_class=args.val_per_class, size=args.size, seed=args.seed, progress=bar,
+            )  # fmt: skip
+        print(json.dumps({k: m[k] for k in m if k in ("counts", "classes", "layouts", "size")}, default=str))
+    elif args.data_cmd == "index":
+        from shared.image_index import build_index
+
+        print(build_index(args.dataset, args.split))
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from jobs.pretrain import PretrainSpec, run_pretrain
+    from orchestrator.progress import Bar
+
+    spec = PretrainSpec(dataset=args.data, model=args.model, seed=args.seed)
+    if args.epochs is not None:
+        spec = replace(spec, epochs=args.epochs)
+    with Bar("pretrain", unit="epoch") as bar:
+        res = run_pretrain(spec, args.store, progress=bar)
+    print(
+        json.dumps({"model_uri": res.model_uri, "key": res.key, "val_acc": res.val_acc, "reused": res.reused})
+    )
+    return 0
+
+
+def _cmd_activations(args: argparse.Namespace) -> int:
+    from jobs.activations import ActivationsSpec, run_activations
+    from jobs.raysetup import ensure_ray
+    from jobs.topk import run_topk
+    from orchestrator.progress import Bar
+    from shared import store
+
+    layers = tuple(x.strip() for x in args.layers.split(",") if x.strip())
+    variant = args.variant_key or store.content_key(args.model, args.weights)
+    spec = ActivationsSpec(
+        dataset=args.data, split=args.split, model=args.model, weights=args.weights,
+        variant_key=variant, layers=layers, batch_size=args.batch_size,
+    )  # fmt: skip
+    ensure_ray()
+    with Bar("activations") as bar:
+        res = run_activations(spec, args.store, progress=bar)
+        out = {"tables": res.tables, "rows": res.rows, "corrupt": res.corrupt, "skipped": res.skipped}
+        if args.k:
+            out["topk"] = {
+                layer: run_topk(uri, args.k, progress=bar).uri for layer, uri in res.tables.items()
+            }
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
