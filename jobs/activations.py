@@ -90,7 +90,15 @@ class _Scorer:
     """Actor: holds the model and the hooks, turns pixel batches into score rows."""
 
     def __init__(
-        self, model: str, weights: str, layers: tuple[str, ...], device: str, amp: bool, threads: int, s3
+        self,
+        model: str,
+        weights: str,
+        layers: tuple[str, ...],
+        device: str,
+        amp: bool,
+        threads: int,
+        s3,
+        pre=None,
     ):
         import torch
 
@@ -103,7 +111,7 @@ class _Scorer:
         self.device = pick_device(device)
         self.model, _ = build_model(model, weights=weights)
         self.model.eval().to(self.device)
-        self.model_name, self.layers, self.amp = model, layers, amp
+        self.model_name, self.layers, self.amp, self.pre = model, layers, amp, pre
         self._hooks = UnitScores
 
     def __call__(self, batch: dict) -> pa.Table:
@@ -111,6 +119,8 @@ class _Scorer:
 
         from shared.device import autocast
 
+        if "pixels" not in batch:  # CPU-only pipelines decode inside the actor
+            batch = _decode(batch, self.pre)
         ok = np.asarray(batch["ok"], dtype=bool)
         n = len(ok)
         cols: dict[str, pa.Array] = {
@@ -243,41 +253,54 @@ def run_activations(
         )
 
     gpus = cluster_gpus()
-    actors = spec.num_actors or (int(gpus) if gpus >= 1 else 1)
-    cpus_total = int(ray.cluster_resources().get("CPU", 1))
-    threads = max(1, cpus_total // (actors + 1)) if gpus < 1 else 2
+    cpus_total = max(1, int(ray.cluster_resources().get("CPU", 1)))
     total = split_size(spec.dataset, spec.split)
-    if spec.limit is not None:
+    if spec.limit is not None and total is not None:
         total = min(total, spec.limit)
 
     ds = read_records(spec.dataset, spec.split)
     if spec.limit is not None:
         ds = ds.limit(spec.limit)
-    ds = ds.map_batches(
-        _decode,
-        fn_kwargs={"pre": info.preprocess},
-        batch_format="numpy",
-        batch_size=spec.batch_size,
-        num_cpus=1,
-    )
-    # Different resources from decode keep the two stages apart (Ray fuses equal ones).
-    ds = ds.map_batches(
-        _Scorer,
-        fn_constructor_kwargs={
-            "model": spec.model,
-            "weights": spec.weights,
-            "layers": tuple(spec.layers),
-            "device": spec.device,
-            "amp": spec.amp,
-            "threads": threads,
-            "s3": store.current_s3(),
-        },
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        batch_size=spec.batch_size,
-        batch_format="numpy",
-        num_gpus=1 if gpus >= 1 else 0,
-        num_cpus=0.5 if gpus < 1 else 1,
-    )
+    scorer_args = {
+        "model": spec.model,
+        "weights": spec.weights,
+        "layers": tuple(spec.layers),
+        "device": spec.device,
+        "amp": spec.amp,
+        "s3": store.current_s3(),
+    }
+    if gpus >= 1:
+        # GPU nodes: decode on CPU tasks, forward on one GPU actor each; different resources keep
+        # the two stages apart (Ray fuses stages with equal resources).
+        ds = ds.map_batches(
+            _decode,
+            fn_kwargs={"pre": info.preprocess},
+            batch_format="numpy",
+            batch_size=spec.batch_size,
+            num_cpus=1,
+        )
+        ds = ds.map_batches(
+            _Scorer,
+            fn_constructor_kwargs={**scorer_args, "threads": 2, "pre": None},
+            compute=ray.data.ActorPoolStrategy(size=spec.num_actors or int(gpus)),
+            batch_size=spec.batch_size,
+            batch_format="numpy",
+            num_gpus=1,
+            num_cpus=1,
+        )
+    else:
+        # CPU-only: a separate decode stage would only compete with the forward pass for the same
+        # cores and add a hand-off; each single-threaded actor decodes its own batches instead.
+        ds = ds.map_batches(
+            _Scorer,
+            fn_constructor_kwargs={**scorer_args, "threads": 1, "pre": info.preprocess},
+            compute=ray.data.ActorPoolStrategy(size=spec.num_actors or cpus_total),
+            batch_size=spec.batch_size,
+            batch_format="numpy",
+            # Half a CPU each: whole CPUs for every actor would leave none for the read and
+            # write tasks, and the pipeline would stall.
+            num_cpus=0.5,
+        )
     attempt = uuid.uuid4().hex[:8]
     counter = _counter_actor()
     sink = LayerTablesSink(dirs, attempt, counter)
