@@ -224,6 +224,22 @@ def _counter_actor():
 # --- the job -----------------------------------------------------------------------
 
 
+def check_spec(spec: ActivationsSpec) -> None:
+    """Fail before any cluster resource is used: unknown layers, missing shards or weights."""
+    from shared.datasets import list_shards
+    from shared.models.zoo import model_info
+
+    info = model_info(spec.model)
+    for layer in spec.layers:
+        info.resolve_layer(layer)  # LayerError lists the valid names
+    list_shards(spec.dataset, spec.split)  # DatasetError names the path and split
+    if "://" in spec.weights or "/" in spec.weights or spec.weights.endswith((".pt", ".pth")):
+        if not store.exists(spec.weights):
+            raise FileNotFoundError(
+                f"weights {spec.weights} not found: pass an existing checkpoint path or URI"
+            )
+
+
 def run_activations(
     spec: ActivationsSpec, store_uri: str, progress: Progress = no_progress
 ) -> ActivationsResult:
@@ -236,9 +252,8 @@ def run_activations(
     from shared.models.zoo import model_info
 
     t0 = time.time()
+    check_spec(spec)
     info = model_info(spec.model)
-    for layer in spec.layers:
-        info.resolve_layer(layer)  # fails early with the valid names
     ds_id = dataset_id(spec.dataset)
     key = spec.key(ds_id)
     dirs = {

@@ -126,7 +126,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_activations(args: argparse.Namespace) -> int:
-    from jobs.activations import ActivationsSpec, run_activations
+    from jobs.activations import ActivationsSpec, check_spec, run_activations
     from jobs.raysetup import ensure_ray
     from jobs.topk import run_topk
     from orchestrator.progress import Bar
@@ -138,6 +138,7 @@ def _cmd_activations(args: argparse.Namespace) -> int:
         dataset=args.data, split=args.split, model=args.model, weights=args.weights,
         variant_key=variant, layers=layers, batch_size=args.batch_size,
     )  # fmt: skip
+    check_spec(spec)  # before Ray starts
     ensure_ray()
     with Bar("activations") as bar:
         res = run_activations(spec, args.store, progress=bar)
