@@ -49,11 +49,11 @@ class ActivationsSpec:
     device: str = field(default="auto", compare=False)
     amp: bool = field(default=False, compare=False)
 
-    def key(self, dataset_id: str) -> str:
-        ident = {
-            k: v for k, v in asdict(self).items() if k not in {"batch_size", "num_actors", "device", "amp"}
-        }
-        return store.content_key(ident, dataset_id, CODE_VERSION)
+    def key(self, dataset_id: str, layer: str) -> str:
+        """One layer's table key: tables are per layer, so other layers computed alongside do not matter."""
+        skip = {"batch_size", "num_actors", "device", "amp", "layers"}
+        ident = {k: v for k, v in asdict(self).items() if k not in skip}
+        return store.content_key(ident, layer, dataset_id, CODE_VERSION)
 
 
 @dataclass
@@ -255,17 +255,20 @@ def run_activations(
     check_spec(spec)
     info = model_info(spec.model)
     ds_id = dataset_id(spec.dataset)
-    key = spec.key(ds_id)
-    dirs = {
+    keys = {layer: spec.key(ds_id, layer) for layer in spec.layers}
+    all_dirs = {
         layer: table_uri(store_uri, spec.variant_key, layer, spec.state_key, spec.split)
         for layer in spec.layers
     }
-    manifests = {layer: store.read_manifest(d) for layer, d in dirs.items()}
-    if all(m is not None and m.get("key") == key for m in manifests.values()):
-        m0 = next(iter(manifests.values()))
+    manifests = {layer: store.read_manifest(d) for layer, d in all_dirs.items()}
+    done = {layer for layer, m in manifests.items() if m is not None and m.get("key") == keys[layer]}
+    if len(done) == len(spec.layers):
+        m0 = manifests[spec.layers[0]]
         return ActivationsResult(
-            dirs, m0["rows"], m0["corrupt"], m0.get("corrupt_ids", []), True, time.time() - t0
+            all_dirs, m0["rows"], m0["corrupt"], m0.get("corrupt_ids", []), True, time.time() - t0
         )
+    # Only the layers without a committed table are computed; the others are reused as they are.
+    dirs = {layer: d for layer, d in all_dirs.items() if layer not in done}
 
     gpus = cluster_gpus()
     cpus_total = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -279,7 +282,7 @@ def run_activations(
     scorer_args = {
         "model": spec.model,
         "weights": spec.weights,
-        "layers": tuple(spec.layers),
+        "layers": tuple(dirs),
         "device": spec.device,
         "amp": spec.amp,
         "s3": store.current_s3(),
@@ -333,7 +336,7 @@ def run_activations(
             d,
             {
                 "kind": "activations",
-                "key": key,
+                "key": keys[layer],
                 "producer": CODE_VERSION,
                 "files": [f for f, _ in files],
                 "rows": res["rows"],
@@ -355,7 +358,9 @@ def run_activations(
             },
         )
     ray.kill(counter)
-    return ActivationsResult(dirs, res["rows"], res["corrupt"], res["corrupt_ids"], False, time.time() - t0)
+    return ActivationsResult(
+        all_dirs, res["rows"], res["corrupt"], res["corrupt_ids"], False, time.time() - t0
+    )
 
 
 def _write_with_progress(ds, sink, counter, total: int, progress: Progress) -> None:

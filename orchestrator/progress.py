@@ -21,11 +21,13 @@ class Bar:
         phase = str(info.pop("phase", self.desc))
         if self._bar is None or phase != self._phase:
             self.close()
+            self._phase_t0 = time.time() if self._phase is not None else self.t0
             self._phase = phase
             self._bar = tqdm(
                 total=total, desc=f"{self.desc}: {phase}" if phase != self.desc else self.desc,
                 unit=self.unit, file=sys.stderr, dynamic_ncols=True, leave=True, mininterval=0.5,
             )  # fmt: skip
+            self._bar.start_t = self._bar.last_print_t = self._phase_t0
         bar = self._bar
         if total is not None and bar.total != total:
             bar.total = total

@@ -1,0 +1,442 @@
+"""The metrics stage (SCIENCE.md §3): activation tables of θ0 and θ -> per-unit metrics, Acc, pictures.
+
+For each (layer, split) it writes
+``{store}/metrics/model={variant}/state={final_state}/layer={layer}/split={split}/`` with
+``unit_metrics.parquet`` (unit, kendall_tau, kendall_tau_w, clip_delta, clip_w, topk_overlap;
+one row per attacked unit), ``before_after.png`` and, last, ``_MANIFEST.json`` (layer means,
+Acc, ΔAcc, the embedder's description, the key). A rerun with the same key is skipped
+before Ray or the embedder is touched.
+
+- Kendall-τ and Kτ-W run over ``D_τ``, a seeded random subset of V chosen by image id from
+  the split's image index (so it is the same for every model). ActivationsSpec.limit keeps
+  the *first* N images, which is not a random subset, so the full V tables are computed
+  (they are needed for V's top-k anyway) and restricted to the D_τ rows. D_τ ⊂ V, so the
+  two Kendall columns are the same for every reported split; they are computed once per layer.
+- CLIP-δ, CLIP-W and the top-k overlap use the top-k sets of the reported split; every
+  unique top-k image of a split is fetched by id and embedded once for all layers.
+- Acc / ΔAcc: top-1 of θ0 and θ on the whole of V (jobs.accuracy, cached per model state).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from jobs.accuracy import run_accuracy
+from jobs.activations import ActivationsSpec, iter_table, run_activations, scores_of, table_uri
+from jobs.before_after import dataset_classes, pick_units, render_before_after
+from jobs.topk import run_topk
+from shared import store
+from shared.metrics import (
+    clip_delta,
+    clip_matrix,
+    clip_w,
+    delta_acc,
+    layer_means,
+    topk_overlap,
+    unit_metrics,
+)
+from shared.progress import Progress, no_progress
+
+if TYPE_CHECKING:
+    from shared.embedders import Embedder
+
+CODE_VERSION = "metrics-v1"
+TABLE = "unit_metrics.parquet"
+PICTURE = "before_after.png"
+EXECUTION_ONLY = ("device", "batch_size", "embed_batch_size", "num_actors")
+STATES = ("init", "final")
+
+
+@dataclass(frozen=True)
+class MetricsSpec:
+    """Everything that determines the metrics of one attacked model (all but EXECUTION_ONLY is keyed)."""
+
+    dataset: str  # dataset root URI (any layout shared.datasets reads)
+    model: str  # registered model name, e.g. "alexnet_mini"
+    variant_key: str  # content key of the variant θ0 belongs to (its tables live under model={variant_key})
+    init_weights: str  # checkpoint URI (or torchvision weights name) of θ0
+    final_weights: str  # checkpoint URI of θ, e.g. {store}/models/{attack key}/model.pt
+    final_state_key: str  # state key of θ's tables: the attack's content key
+    layers: tuple[str, ...] = ("conv5",)  # layer aliases to report (the attacked layers)
+    units: str | tuple[int, ...] = "all"  # the attacked units: "all" or unit indices (rows of the tables)
+    k: int = 10  # size of the top-k sets T_j (SCIENCE.md §1)
+    tau_images: int = 10_000  # |D_τ|: seeded random subset of val_split for Kendall-τ (all when smaller)
+    tau_seed: int = 0  # seed that picks D_τ
+    val_split: str = "val"  # V: the split D_τ and the accuracy come from
+    splits: tuple[str, ...] = ("train", "val")  # reported splits: train = attacked set, val = generalization
+    embedder: str | Mapping[str, Any] = "open_clip:ViT-B-32:openai"  # e(x) spec (shared.embedders)
+    picture_units: int = 4  # units in before_after.png: the attacked units with the highest CLIP-δ; 0 = none
+    picture_k: int = 5  # images per row in before_after.png (top-5 in pictures, SCIENCE.md §1)
+    # Execution settings: they do not change the result, so they stay out of the key.
+    device: str = field(default="auto", compare=False)  # forward passes and the embedder
+    batch_size: int = field(default=256, compare=False)  # images per forward in activations / accuracy
+    embed_batch_size: int = field(default=64, compare=False)  # images per embedder forward
+    num_actors: int | None = field(default=None, compare=False)  # forward actors (None: one per GPU/CPU)
+
+    def __post_init__(self) -> None:
+        from shared.embedders import parse_spec
+        from shared.models.zoo import model_info
+
+        info = model_info(self.model)  # unknown models fail here, listing the valid ones
+        for name, example in (("layers", ["conv5"]), ("splits", ["train", "val"])):
+            value = getattr(self, name)
+            if isinstance(value, str) or not value:
+                raise ValueError(f"MetricsSpec.{name}={value!r}: give a non-empty list, e.g. {example}")
+            object.__setattr__(self, name, tuple(dict.fromkeys(value)))
+        for layer in self.layers:
+            info.resolve_layer(layer)  # LayerError lists the aliases
+        if self.units != "all":
+            ok = not isinstance(self.units, str) and self.units and all(_is_index(u) for u in self.units)
+            if not ok:
+                raise ValueError(
+                    f"MetricsSpec.units={self.units!r}: 'all' or a non-empty list of unit indices >= 0"
+                )
+            object.__setattr__(self, "units", tuple(sorted({int(u) for u in self.units})))
+        for name in ("k", "tau_images", "picture_k", "batch_size", "embed_batch_size"):
+            if not (_is_index(getattr(self, name)) and getattr(self, name) >= 1):
+                raise ValueError(f"MetricsSpec.{name}={getattr(self, name)!r}: must be an integer >= 1")
+        if not _is_index(self.picture_units):
+            raise ValueError(
+                f"MetricsSpec.picture_units={self.picture_units!r}: an integer >= 0 (0: no picture)"
+            )
+        if self.final_state_key == "init":
+            raise ValueError("MetricsSpec.final_state_key='init' is θ0's own state; pass the attack's key")
+        parse_spec(_embedder_spec(self.embedder))  # unknown embedders fail here, listing the valid ones
+
+    def identity(self) -> dict[str, Any]:
+        """The keyed fields, less layers and splits: each (layer, split) folder has its own key."""
+        skip = {*EXECUTION_ONLY, "layers", "splits"}
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+    def activations(self, state: str, split: str) -> ActivationsSpec:
+        """The activation tables of θ0 (``state="init"``) or θ (``"final"``) on ``split``."""
+        final = state == "final"
+        return ActivationsSpec(
+            dataset=self.dataset, split=split, model=self.model,
+            weights=self.final_weights if final else self.init_weights, variant_key=self.variant_key,
+            layers=self.layers, state_key=self.final_state_key if final else "init",
+            batch_size=self.batch_size, num_actors=self.num_actors, device=self.device,
+        )  # fmt: skip
+
+
+@dataclass
+class LayerSplitMetrics:
+    """The stage's output for one (layer, split)."""
+
+    layer: str
+    split: str
+    uri: str  # metrics folder: unit_metrics.parquet, before_after.png, _MANIFEST.json
+    table_uri: str  # the per-unit Parquet table
+    picture_uri: str | None  # before_after.png, None when picture_units = 0
+    picture_units: list[int]  # the units shown in it
+    means: dict[str, float]  # layer figures: METRIC_COLUMNS averaged over the attacked units
+    acc: float  # Acc(θ) on V, %
+    acc_init: float  # Acc(θ0) on V, %
+    delta_acc: float  # Acc(θ) − Acc(θ0), percentage points
+    key: str
+    skipped: bool
+
+    def metrics(self) -> dict[str, float]:
+        return {**self.means, "acc": self.acc, "delta_acc": self.delta_acc}
+
+
+@dataclass
+class MetricsResult:
+    per: dict[tuple[str, str], LayerSplitMetrics]  # (layer, split) -> its metrics
+    activations: dict[tuple[str, str], dict[str, str]]  # (state "init"/"final", split) -> layer -> table URI
+    skipped: bool  # True when every (layer, split) was already committed
+    seconds: float
+
+    def flat(self) -> dict[str, float]:
+        """``{layer}/{split}/{metric}`` -> layer figure, and ``acc``, ``acc_init``, ``delta_acc`` (MLflow)."""
+        out = {f"{ly}/{sp}/{n}": v for (ly, sp), m in self.per.items() for n, v in m.means.items()}
+        first = next(iter(self.per.values()))
+        return {**out, "acc": first.acc, "acc_init": first.acc_init, "delta_acc": first.delta_acc}
+
+
+def metrics_uri(store_uri: str, variant_key: str, state_key: str, layer: str, split: str) -> str:
+    return store.join(
+        store_uri, "metrics", f"model={variant_key}", f"state={state_key}", f"layer={layer}", f"split={split}"
+    )
+
+
+def _is_index(v: object) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 0
+
+
+def _needed_splits(spec: MetricsSpec) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((*spec.splits, spec.val_split)))
+
+
+def _stage_key(
+    spec: MetricsSpec, layer: str, split: str, act_keys: dict[tuple[str, str], dict[str, str]]
+) -> str:
+    inputs = {f"{st}/{sp}": act_keys[(st, sp)][layer] for st in STATES for sp in {split, spec.val_split}}
+    return store.content_key(spec.identity(), layer, split, inputs, CODE_VERSION)
+
+
+def run_metrics(spec: MetricsSpec, store_uri: str, progress: Progress = no_progress) -> MetricsResult:
+    """Compute (or reuse) the §3 metrics of each (layer, split); needs Ray unless all are committed."""
+    from shared.dataset_meta import dataset_id
+
+    t0 = time.time()
+    ds_id = dataset_id(spec.dataset)
+    acts, act_keys = {}, {}
+    for st in STATES:
+        for sp in _needed_splits(spec):
+            a = spec.activations(st, sp)
+            act_keys[(st, sp)] = {ly: a.key(ds_id, ly) for ly in spec.layers}
+            acts[(st, sp)] = {
+                ly: table_uri(store_uri, spec.variant_key, ly, a.state_key, sp) for ly in spec.layers
+            }
+    keys = {(ly, sp): _stage_key(spec, ly, sp, act_keys) for ly in spec.layers for sp in spec.splits}
+    dirs = {ls: metrics_uri(store_uri, spec.variant_key, spec.final_state_key, *ls) for ls in keys}
+    per: dict[tuple[str, str], LayerSplitMetrics] = {}
+    for ls in keys:
+        m = store.read_manifest(dirs[ls])
+        if m is not None and m.get("key") == keys[ls]:
+            per[ls] = _from_manifest(ls, dirs[ls], m)
+    pending = [ls for ls in keys if ls not in per]
+    if pending:
+        from jobs.raysetup import ensure_ray
+
+        ensure_ray()
+        per.update(_compute(spec, store_uri, pending, dirs, keys, progress))
+    return MetricsResult({ls: per[ls] for ls in keys}, acts, not pending, time.time() - t0)
+
+
+def _compute(spec, store_uri, pending, dirs, keys, progress) -> dict[tuple[str, str], LayerSplitMetrics]:
+    from shared.embedders import get_embedder
+
+    tables = {
+        (st, sp): run_activations(
+            spec.activations(st, sp), store_uri, _tagged(progress, state=st, split=sp)
+        ).tables
+        for st in STATES
+        for sp in _needed_splits(spec)
+    }
+    accs = tuple(_accuracy(spec, st, store_uri, _tagged(progress, state=st)) for st in STATES)
+    topk = {(st, ly, sp): run_topk(tables[(st, sp)][ly], spec.k).table for st in STATES for ly, sp in pending}
+    embedder = get_embedder(_embedder_spec(spec.embedder), device=spec.device)
+    emb = {}
+    for split in dict.fromkeys(sp for _, sp in pending):  # each unique top-k image of a split once
+        ids = {i for (_, _, sp), t in topk.items() if sp == split for i in t.column("image_id").to_pylist()}
+        emb[split] = embed_ids(embedder, spec.dataset, split, sorted(ids), spec.embed_batch_size, progress)
+    tau_ids = tau_subset(spec.dataset, spec.val_split, spec.tau_images, spec.tau_seed)
+    classes = dataset_classes(spec.dataset)
+    out = {}
+    for layer in dict.fromkeys(ly for ly, _ in pending):
+        val = spec.val_split
+        ids, s_init, s_final = tau_scores(
+            tables[("init", val)][layer], tables[("final", val)][layer], tau_ids
+        )
+        j = s_init.shape[1]
+        inputs = {}
+        for sp in (sp for ly, sp in pending if ly == layer):
+            sets = [_set_array(topk[(st, layer, sp)], j, spec.k) for st in STATES]
+            inputs[sp] = (*sets, *(_emb_array(s, emb[sp]) for s in sets))
+        for sp, table in _layer_tables(s_init, s_final, _units(spec, layer, j), inputs).items():
+            record = {
+                "tau": {"requested": spec.tau_images, "used": len(ids), "seed": spec.tau_seed},
+                "embedder": embedder.describe(),
+                "tables": {st: tables[(st, sp)][layer] for st in STATES},
+            }
+            pair = (topk[("init", layer, sp)], topk[("final", layer, sp)])
+            ls = (layer, sp)
+            out[ls] = _commit(spec, ls, dirs[ls], keys[ls], table, accs, pair, classes, record)
+            progress(len(out), len(pending), phase="metrics", layer=layer, split=sp)
+    return out
+
+
+def _accuracy(spec: MetricsSpec, state: str, store_uri: str, progress: Progress) -> float:
+    """Acc on V (%) of θ0 or θ, reused across attacks through the accuracy stage's key."""
+    a = spec.activations(state, spec.val_split)
+    return run_accuracy(
+        spec.dataset, spec.val_split, spec.model, a.weights, store_uri, spec.variant_key, a.state_key,
+        device=spec.device, batch_size=spec.batch_size, num_actors=spec.num_actors, progress=progress,
+    ).acc  # fmt: skip
+
+
+def _tagged(progress: Progress, **tags: object) -> Progress:
+    """``progress`` with ``tags`` added, so a caller can tell which state and split a sub-job reports."""
+
+    def report(done: int, total: int | None = None, **info: object) -> None:
+        progress(done, total, **{**tags, **info})
+
+    return report
+
+
+def _embedder_spec(embedder: str | Mapping[str, Any]) -> str | dict[str, Any]:
+    return dict(embedder) if isinstance(embedder, Mapping) else embedder
+
+
+def _units(spec: MetricsSpec, layer: str, j: int) -> np.ndarray:
+    if spec.units == "all":
+        return np.arange(j)
+    bad = [u for u in spec.units if u >= j]
+    if bad:
+        raise ValueError(
+            f"MetricsSpec.units has {bad}, but layer {layer!r} of {spec.model} has {j} units (0..{j - 1})"
+        )
+    return np.asarray(spec.units, dtype=np.int64)
+
+
+def _layer_tables(s_init, s_final, units, inputs) -> dict[str, pa.Table]:
+    """One unit_metrics table per split; the Kendall columns (over D_τ) are computed once and shared."""
+    out: dict[str, pa.Table] = {}
+    base = None
+    for sp, (t_init, t_final, e_init, e_final) in inputs.items():
+        if base is None:
+            base = unit_metrics(
+                scores_init=s_init, scores_final=s_final, topk_init=t_init, topk_final=t_final,
+                emb_init=e_init, emb_final=e_final, units=units,
+            )  # fmt: skip
+            out[sp] = base
+            continue
+        c_ii, c_if = clip_matrix(e_init, e_init), clip_matrix(e_init, e_final)
+        cols = {
+            "clip_delta": clip_delta(c_ii, c_if)[units],
+            "clip_w": clip_w(c_ii, c_if)[units],
+            "topk_overlap": topk_overlap(t_init, t_final)[units],
+        }
+        table = base
+        for name, v in cols.items():
+            table = table.set_column(table.schema.get_field_index(name), name, pa.array(v, pa.float64()))
+        out[sp] = table
+    return out
+
+
+def _commit(spec, ls, out, key, table, accs, topks, classes, record) -> LayerSplitMetrics:
+    """Parquet, then the picture, then the manifest (last: nothing half-written looks done)."""
+    layer, split = ls
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    store.write_bytes(store.join(out, TABLE), buf.getvalue().to_pybytes())
+    files = [TABLE]
+    shown = pick_units(table, spec.picture_units)
+    if shown:
+        title = f"{spec.model} {layer}, {split}: top-{spec.picture_k} before / after ({spec.final_state_key})"
+        pic = store.join(out, PICTURE)
+        render_before_after(spec.dataset, split, *topks, table, shown, pic, classes, spec.picture_k, title)
+        files.append(PICTURE)
+    means = layer_means(table)
+    acc0, acc1 = accs
+    da = delta_acc(init=acc0, final=acc1)
+    store.write_manifest(
+        out,
+        {
+            "kind": "metrics", "key": key, "producer": CODE_VERSION, "files": files, "layer": layer,
+            "split": split, "units": table.column("unit").to_pylist(), "means": means, "acc": acc1,
+            "acc_init": acc0, "delta_acc": da, "picture_units": shown, "spec": asdict(spec), **record,
+        },
+    )  # fmt: skip
+    pic = store.join(out, PICTURE) if shown else None
+    return LayerSplitMetrics(
+        layer, split, out, store.join(out, TABLE), pic, shown, means, acc1, acc0, da, key, False
+    )
+
+
+def _from_manifest(ls: tuple[str, str], out: str, m: dict) -> LayerSplitMetrics:
+    pic = store.join(out, PICTURE) if PICTURE in m["files"] else None
+    return LayerSplitMetrics(
+        *ls, out, store.join(out, TABLE), pic, m["picture_units"], m["means"], m["acc"], m["acc_init"],
+        m["delta_acc"], m["key"], True,
+    )  # fmt: skip
+
+
+def read_unit_metrics(metrics_dir: str) -> pa.Table:
+    """The committed per-unit table of one (layer, split) folder."""
+    (f, *_) = store.committed_files(metrics_dir)
+    return pq.read_table(io.BytesIO(store.read_bytes(f)))
+
+
+# --- D_τ, top-k sets and embeddings --------------------------------------------------------
+
+
+def tau_subset(dataset: str, split: str, size: int, seed: int) -> np.ndarray:
+    """D_τ: ``size`` image ids of ``split`` drawn with ``seed`` (all of them when fewer), sorted.
+
+    Drawn from the split's image index (sorted ids), so it depends only on the dataset and the
+    seed, never on the order in which a pipeline wrote the rows.
+    """
+    from shared.image_index import build_index
+
+    fs, path = store.resolve(build_index(dataset, split))
+    ids = np.asarray(pq.read_table(path, filesystem=fs, columns=["image_id"]).column("image_id").to_pylist())
+    if len(ids) <= size:
+        return ids
+    pick = np.random.default_rng(seed).choice(len(ids), size=size, replace=False)
+    return ids[np.sort(pick)]
+
+
+def _rows(table_dir: str, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """id -> score row, for the rows of a committed table whose id is in ``ids`` (streamed)."""
+    wanted = pa.array(ids, pa.string())
+    out: dict[str, np.ndarray] = {}
+    for batch in iter_table(table_dir):
+        hit = pc.is_in(batch.column("image_id"), value_set=wanted)
+        sub = batch.filter(hit)
+        if sub.num_rows:
+            out.update(zip(sub.column("image_id").to_pylist(), scores_of(sub)))
+    return out
+
+
+def tau_scores(init_dir: str, final_dir: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, a(·; θ0) [n, J], a(·; θ) [n, J]) on the D_τ images both tables hold, rows aligned by id.
+
+    Images a table lacks (undecodable ones are never written) drop out of both.
+    """
+    a, b = _rows(init_dir, ids), _rows(final_dir, ids)
+    common = [i for i in ids if i in a and i in b]
+    if len(common) < 2:
+        raise ValueError(
+            f"only {len(common)} D_τ image(s) in both {init_dir} and {final_dir}: Kendall-τ needs 2"
+        )
+    return np.asarray(common), np.stack([a[i] for i in common]), np.stack([b[i] for i in common])
+
+
+def _set_array(topk: pa.Table, j: int, k: int) -> np.ndarray:
+    """[J, k] image ids of each unit's top-k, in rank order."""
+    from shared.topk import topk_sets
+
+    sets = topk_sets(topk)
+    short = [u for u in range(j) if len(sets.get(u, ())) != k]
+    if short:
+        raise ValueError(
+            f"units {short[:5]} have fewer than k={k} top images: the split has fewer than k images"
+        )
+    return np.asarray([sets[u] for u in range(j)], dtype=object)
+
+
+def _emb_array(sets: np.ndarray, emb: dict[str, np.ndarray]) -> np.ndarray:
+    return np.stack([np.stack([emb[i] for i in row]) for row in sets])
+
+
+def embed_ids(
+    embedder: Embedder,
+    dataset: str,
+    split: str,
+    ids: Sequence[str],
+    batch_size: int = 64,
+    progress: Progress = no_progress,
+    chunk: int = 512,
+) -> dict[str, np.ndarray]:
+    """id -> e(x) for each id, fetched by id and embedded once, ``chunk`` images in memory at a time."""
+    from shared.image_index import fetch_images
+
+    out: dict[str, np.ndarray] = {}
+    for s in range(0, len(ids), chunk):
+        part = list(ids[s : s + chunk])
+        raw = fetch_images(dataset, split, part)
+        out.update(zip(part, embedder.embed_images([raw[i] for i in part], batch_size=batch_size)))
+        progress(len(out), len(ids), phase="embed", split=split)
+    return out

@@ -1,0 +1,231 @@
+"""The metrics stage: θ = θ0 gives the identity metrics, an attack-like change moves top-k sets,
+the Parquet has the §3 columns, reruns are skipped, before/after pictures have one row pair per unit."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from jobs.before_after import pick_units, render_before_after
+from jobs.metrics import PICTURE, TABLE, MetricsSpec, read_unit_metrics, run_metrics, tau_subset
+from jobs.topk import read_topk, topk_uri
+from shared import store
+from shared.models.zoo import build_model, save_checkpoint
+from shared.synth import generate
+from shared.topk import StreamingTopK
+
+COLUMNS = ["unit", "kendall_tau", "kendall_tau_w", "clip_delta", "clip_w", "topk_overlap"]
+LAYERS = ("conv4", "conv5")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Synthetic data (64 train, 64 val images), θ0, an identical copy, a perturbed θ, a reference e(x)."""
+    root = tmp_path_factory.mktemp("metrics")
+    data = str(root / "data")
+    generate(data, classes=16, train_per_class=4, val_per_class=4, size=48, seed=5, shard_size=40)
+    torch.manual_seed(0)
+    model, _ = build_model("alexnet_mini")
+    init = save_checkpoint(model, "alexnet_mini", str(root / "init.pt"))
+    same = save_checkpoint(model, "alexnet_mini", str(root / "same.pt"))  # θ = θ0, another file
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("features") and name.endswith("weight"):
+                p.add_(0.5 * p.std() * torch.randn(p.shape, generator=gen))
+    perturbed = save_checkpoint(model, "alexnet_mini", str(root / "perturbed.pt"))
+    torch.manual_seed(2)
+    ref, _ = build_model("resnet_mini")
+    ref_uri = save_checkpoint(ref, "resnet_mini", str(root / "ref.pt"))
+    return {
+        "data": data, "init": init, "same": same, "perturbed": perturbed,
+        "embedder": f"reference:{ref_uri}", "store": str(root / "store"),
+    }  # fmt: skip
+
+
+def _spec(setup, final: str, state: str, **kw) -> MetricsSpec:
+    base = dict(
+        dataset=setup["data"], model="alexnet_mini", variant_key="v0", init_weights=setup["init"],
+        final_weights=setup[final], final_state_key=state, layers=LAYERS, embedder=setup["embedder"],
+        batch_size=32, device="cpu", num_actors=1,
+    )  # fmt: skip
+    return MetricsSpec(**{**base, **kw})
+
+
+# --- no Ray ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"layers": ("conv9",)}, "unknown layer 'conv9'"),
+        ({"layers": ()}, "MetricsSpec.layers"),
+        ({"splits": "val"}, "MetricsSpec.splits"),
+        ({"units": ()}, "MetricsSpec.units"),
+        ({"units": (1, -2)}, "MetricsSpec.units"),
+        ({"k": 0}, "MetricsSpec.k"),
+        ({"tau_images": 0}, "MetricsSpec.tau_images"),
+        ({"picture_units": -1}, "MetricsSpec.picture_units"),
+        ({"final_state_key": "init"}, "final_state_key"),
+        ({"embedder": "no_such_embedder:x"}, "no_such_embedder"),
+    ],
+)
+def test_spec_rejects_bad_fields(override, message):
+    base = dict(
+        dataset="/nowhere", model="alexnet_mini", variant_key="v", init_weights="a.pt", final_weights="b.pt",
+        final_state_key="s", embedder="reference:/nowhere/ref.pt",
+    )  # fmt: skip
+    with pytest.raises((ValueError, KeyError), match=message):
+        MetricsSpec(**{**base, **override})
+
+
+def test_spec_defaults_and_units_normalised():
+    s = MetricsSpec(
+        dataset="/d", model="alexnet_mini", variant_key="v", init_weights="a.pt", final_weights="b.pt",
+        final_state_key="s", units=[5, 1, 5], layers=["conv5"],
+    )  # fmt: skip
+    assert s.units == (1, 5) and s.layers == ("conv5",) and s.k == 10 and s.tau_images == 10_000
+    assert s.splits == ("train", "val") and s.embedder == "open_clip:ViT-B-32:openai"
+    assert "device" not in s.identity() and "layers" not in s.identity()
+    assert s.activations("final", "val").state_key == "s" and s.activations("init", "val").weights == "a.pt"
+
+
+def test_tau_subset_is_seeded_and_by_id(setup):
+    every = tau_subset(setup["data"], "val", 10_000, 0)
+    assert len(every) == 64 and list(every) == sorted(every)  # all of val when |V| < |D_τ|
+    a, b = tau_subset(setup["data"], "val", 20, 0), tau_subset(setup["data"], "val", 20, 0)
+    assert list(a) == list(b) and len(set(a)) == 20 and set(a) <= set(every) and list(a) == sorted(a)
+    assert list(tau_subset(setup["data"], "val", 20, 1)) != list(a)
+
+
+def test_pick_units_by_clip_delta():
+    t = pa.table({"unit": [3, 4, 7, 9], "clip_delta": [0.1, float("nan"), 0.5, 0.1]})
+    assert pick_units(t, 4) == [7, 3, 9, 4] and pick_units(t, 2) == [7, 3] and pick_units(t, 0) == []
+
+
+def _topk(data: str, seed: int, units: int = 6, k: int = 5) -> pa.Table:
+    """A top-k table over the real val ids, from random scores (no Ray)."""
+    from shared.datasets import iter_records
+
+    recs = list(iter_records(data, "val"))
+    rng = np.random.default_rng(seed)
+    acc = StreamingTopK(units, k)
+    acc.update(
+        rng.random((len(recs), units)).astype(np.float32),
+        np.array([r["image_id"] for r in recs]),
+        np.array([r["label"] for r in recs]),
+    )
+    return acc.table()
+
+
+def test_before_after_has_two_rows_per_unit(setup, tmp_path):
+    before, after = _topk(setup["data"], 0), _topk(setup["data"], 1)
+    metrics = pa.table({"unit": list(range(6)), "clip_delta": [0.1] * 6, "kendall_tau": [0.5] * 6})
+    sizes = {}
+    for n in (1, 2, 4):
+        out = render_before_after(
+            setup["data"], "val", before, after, metrics, list(range(n)), str(tmp_path / f"{n}.png"),
+            classes=[f"class {i}" for i in range(16)], title="test",
+        )  # fmt: skip
+        sizes[n] = Image.open(io.BytesIO(store.read_bytes(out))).size
+    assert sizes[1][0] == sizes[2][0] == sizes[4][0]  # five columns whatever the units
+    step = sizes[2][1] - sizes[1][1]
+    assert step > 0 and sizes[4][1] - sizes[2][1] == 2 * step  # height grows by one row pair per unit
+    with pytest.raises(ValueError, match="not in the metrics table"):
+        render_before_after(setup["data"], "val", before, after, metrics, [7], str(tmp_path / "x.png"))
+
+
+# --- on Ray ------------------------------------------------------------------------------------
+
+
+def _columns(table: pa.Table) -> dict[str, np.ndarray]:
+    return {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
+
+
+@pytest.mark.slow
+def test_identity_model_gives_identity_metrics(setup, ray_local):
+    spec = _spec(setup, "same", "identity")
+    res = run_metrics(spec, setup["store"])
+    assert not res.skipped and set(res.per) == {(ly, sp) for ly in LAYERS for sp in ("train", "val")}
+    for (layer, split), m in res.per.items():
+        assert m.table_uri == store.join(m.uri, TABLE) and m.uri.endswith(
+            f"/metrics/model=v0/state=identity/layer={layer}/split={split}"
+        )
+        table = read_unit_metrics(m.uri)
+        assert table.column_names == COLUMNS
+        assert pq.read_schema(store.local_path(m.table_uri)).names == COLUMNS
+        c = _columns(table)
+        n_units = store.read_manifest(res.activations[("init", split)][layer])["units"]
+        assert list(c["unit"]) == list(range(n_units))
+        _, _, scores = _val_scores(res, layer)
+        live = scores.std(axis=0) > 0  # a constant (dead) unit has no Kendall τ
+        np.testing.assert_allclose(c["kendall_tau"][live], 1.0, atol=1e-9)
+        assert np.isnan(c["kendall_tau"][~live]).all()
+        np.testing.assert_array_equal(c["topk_overlap"], 1.0)
+        np.testing.assert_allclose(c["clip_delta"], 0.0, atol=1e-9)
+        np.testing.assert_allclose(c["clip_w"], 1.0, atol=1e-9)
+        assert m.delta_acc == 0.0 and m.acc == m.acc_init and 0.0 <= m.acc <= 100.0
+        assert m.means["topk_overlap"] == 1.0 and abs(m.means["kendall_tau"] - 1.0) < 1e-9
+        man = store.read_manifest(m.uri)
+        assert man["key"] == m.key and man["files"] == [TABLE, PICTURE]
+        assert man["embedder"]["kind"] == "reference" and man["tau"]["used"] == 64
+        assert man["means"] == m.means and man["acc"] == m.acc and man["delta_acc"] == 0.0
+    # the picture: 4 units (the highest CLIP-δ; all 0 here, so the first four), two rows each
+    m = res.per[("conv5", "val")]
+    assert m.picture_units == [0, 1, 2, 3]
+    png = Image.open(io.BytesIO(store.read_bytes(m.picture_uri)))
+    one = _render_like(setup, res, m, [0])
+    assert png.size[1] > one[1] and png.size[0] == one[0]
+    assert png.size == _render_like(setup, res, m, [0, 1, 2, 3])
+    # a rerun is skipped: nothing is rewritten
+    stamp = store.read_manifest(m.uri)["created_at"]
+    again = run_metrics(spec, setup["store"])
+    assert again.skipped and all(x.skipped for x in again.per.values())
+    assert store.read_manifest(m.uri)["created_at"] == stamp
+    assert again.flat() == res.flat() and "conv5/val/clip_delta" in again.flat()
+    assert again.flat()["delta_acc"] == 0.0 and "conv5/val/acc" not in again.flat()
+
+
+def _val_scores(res, layer):
+    from jobs.activations import read_table
+
+    return read_table(res.activations[("init", "val")][layer])
+
+
+def _render_like(setup, res, m, units) -> tuple[int, int]:
+    tables = [read_topk(topk_uri(res.activations[(st, "val")]["conv5"], 10)) for st in ("init", "final")]
+    out = render_before_after(
+        setup["data"], "val", *tables, read_unit_metrics(m.uri), units, m.uri + "/check.png", title="x"
+    )
+    return Image.open(io.BytesIO(store.read_bytes(out))).size
+
+
+@pytest.mark.slow
+def test_perturbed_model_moves_topk_sets(setup, ray_local):
+    units = (0, 3, 5, 7, 11, 13, 17, 19)
+    spec = _spec(setup, "perturbed", "perturbed", units=units, picture_units=2)  # θ0's tables are reused
+    res = run_metrics(spec, setup["store"])
+    assert not res.skipped
+    assert res.activations[("final", "val")]["conv5"].endswith("/state=perturbed/split=val")
+    for split in ("train", "val"):
+        m = res.per[("conv5", split)]
+        c = _columns(read_unit_metrics(m.uri))
+        assert list(c["unit"]) == list(units)  # one row per attacked unit
+        assert (c["topk_overlap"] < 1.0).any()
+        assert np.nanmin(c["kendall_tau"]) < 1.0 and np.nanmax(c["kendall_tau"]) <= 1.0
+        assert m.delta_acc == pytest.approx(m.acc - m.acc_init)
+        assert len(m.picture_units) == 2 and set(m.picture_units) <= set(units)
+        cd = dict(zip(c["unit"], c["clip_delta"]))
+        assert cd[m.picture_units[0]] == np.nanmax(c["clip_delta"])
+    # Kendall-τ runs over D_τ ⊂ val, so it is the same for both splits; the top-k columns are not
+    tr, va = (_columns(read_unit_metrics(res.per[("conv5", s)].uri)) for s in ("train", "val"))
+    np.testing.assert_array_equal(tr["kendall_tau"], va["kendall_tau"])
+    assert not np.array_equal(tr["topk_overlap"], va["topk_overlap"]) or not np.array_equal(
+        tr["clip_delta"], va["clip_delta"]
+    )
