@@ -29,6 +29,7 @@ test-fast: install
 
 bench: install
 	$(PY) benchmarks/activations.py --quick
+	$(PY) benchmarks/kendall.py --quick
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -26,7 +26,7 @@ def run_demo(store_uri: str, layers: list[str], units: int = 8) -> int:
     with Bar("pretrain", unit="epoch") as bar:
         model = run_pretrain(PretrainSpec(dataset=data), store_uri, progress=bar)
     print(
-        f"      val top-1 {model.val_acc:.1f} %  ({'reused' if model.reused else f'{model.seconds:.0f} s'})"
+        f"      val top-1 {100 * model.val_acc:.1f} %  ({'reused' if model.reused else f'{model.seconds:.0f} s'})"
     )
 
     print(f"[3/4] activation tables for {', '.join(layers)} on val (Ray Data)")
