@@ -36,9 +36,9 @@ class PretrainSpec:
     train_split: str = "train"  # split to train on
     val_split: str = "val"  # split whose top-1 accuracy is reported
     model: str = "alexnet_mini"  # registered model name (shared.models)
-    epochs: int = 10  # passes over the train split
+    epochs: int = 16  # passes over the train split
     batch_size: int = 64  # images per optimizer step
-    lr: float = 3e-3  # peak AdamW learning rate of the one-cycle schedule
+    lr: float = 2e-3  # peak AdamW learning rate of the one-cycle schedule
     weight_decay: float = 5e-4  # AdamW decoupled weight decay
     label_smoothing: float = 0.1  # cross-entropy label smoothing
     seed: int = 0  # init, shuffling, augmentation and dropout
@@ -177,7 +177,8 @@ def _batch(
             rows,
             cols,
         ]
-    return (x.float() / 255.0 - mean) / std
+    x = (x.float() / 255.0 - mean) / std
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def _train(
@@ -189,6 +190,8 @@ def _train(
     device: torch.device,
     progress: Progress,
 ) -> tuple[list[dict], bool]:
+    # channels_last: oneDNN's preferred conv layout, ~25 % faster per step on CPU.
+    model.to(memory_format=torch.channels_last)
     train_x, train_y = (t.to(device) for t in train)
     val_x, val_y = (t.to(device) for t in val)
     mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)

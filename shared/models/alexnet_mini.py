@@ -18,9 +18,9 @@ class AlexNetMini(nn.Module):
         self,
         num_classes: int = 16,
         widths: tuple[int, int, int, int, int] = (48, 96, 128, 128, 64),
-        pool: int = 1,
+        pool: int = 2,
         hidden: int = 256,
-        dropout: float = 0.3,
+        dropout: float = 0.5,
     ) -> None:
         super().__init__()
         if num_classes < 1:
