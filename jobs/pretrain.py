@@ -199,7 +199,8 @@ def _train(
     gen = torch.Generator().manual_seed(spec.seed)
     n = len(train_x)
     steps = math.ceil(n / spec.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    # fused: one kernel per step instead of ~8 small ops per tensor (2x faster on CPU, far more under contention)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, fused=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=spec.lr, total_steps=spec.epochs * steps, pct_start=0.25
     )

@@ -28,11 +28,15 @@ def test_synth_and_index(tmp_path, capsys):
         (["activations", "--data", "{tmp}/missing", "--weights", "{tmp}/w.pt", "--layers", "conv9"], "conv9"),
     ],
 )
-def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys, argv, message):
+def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys, monkeypatch, argv, message):
+    import jobs.raysetup
+
+    started: list[bool] = []
+    real = jobs.raysetup.ensure_ray
+    # Ray may already be up from another test in this process: record whether *this* call asks for it.
+    monkeypatch.setattr(jobs.raysetup, "ensure_ray", lambda *a, **k: (started.append(True), real(*a, **k))[1])
     rc = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
     err = capsys.readouterr().err
     assert rc == 2
     assert message in err and "Traceback" not in err
-    import ray
-
-    assert not ray.is_initialized(), "bad input must be rejected before Ray starts"
+    assert not started, "bad input must be rejected before Ray starts"

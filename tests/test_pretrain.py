@@ -83,11 +83,6 @@ def test_unknown_model_lists_valid_ones():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 2 goal not yet verified on a quiet machine: the last measured default (10 epochs) "
-    "reached 75.5 % under load; see the closing note",
-)
 def test_alexnet_mini_reaches_the_accuracy_goal(tmp_path):
     """The goal: >= 85 % val top-1 on the default synthetic set (16 x 300 train, 64 px), about 3 min on 2 CPU cores."""
     from shared.synth import generate
