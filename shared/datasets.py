@@ -325,23 +325,6 @@ def iter_records(
 # --- Ray Data ----------------------------------------------------------------------
 
 
-def _wds_to_records(batch: dict[str, np.ndarray]) -> pa.Table:
-    """read_webdataset rows (columns ``__key__``, ``__url__``, one per member suffix) -> common schema."""
-    image_col = next((c for c in _TAR_IMAGE_EXTENSIONS if c in batch), None)
-    if image_col is None or "cls" not in batch:
-        raise DatasetError(
-            f"webdataset samples need an image member and a .cls member; got columns {sorted(batch)}"
-        )
-    return pa.table(
-        {
-            "image_id": pa.array([str(k) for k in batch["__key__"]], pa.string()),
-            "label": pa.array([int(bytes(c).decode().strip()) for c in batch["cls"]], pa.int64()),
-            "image": pa.array([bytes(b) for b in batch[image_col]], pa.binary()),
-        },
-        schema=SCHEMA,
-    )
-
-
 def _folder_to_records(batch: pa.Table, label_map: dict[str, int]) -> pa.Table:
     paths = batch.column("path").to_pylist()
     return pa.table(
@@ -357,10 +340,19 @@ def _folder_to_records(batch: pa.Table, label_map: dict[str, int]) -> pa.Table:
     )
 
 
-def _read_shards(batch: dict[str, np.ndarray], uri: str, split: str, layout: str) -> Iterator[pa.Table]:
-    """Generic reader task: whole shards through :func:`iter_records`, yielded in small tables."""
+def _read_shards(
+    batch: dict[str, np.ndarray], uri: str, split: str, layout: str, s3: Any = None
+) -> Iterator[pa.Table]:
+    """Reader task: whole shards, yielded as small tables (Parquet stays Arrow end to end)."""
+    if s3 is not None:
+        store.configure(s3)  # the driver's S3 settings: env set after ray.init never reaches workers
+    shards = [str(s) for s in batch["shard"]]
+    if layout == "parquet":
+        for shard in shards:
+            yield from _iter_parquet(shard)
+        return
     rows: list[dict[str, Any]] = []
-    for rec in iter_records(uri, split, layout, shards=[str(s) for s in batch["shard"]]):
+    for rec in iter_records(uri, split, layout, shards=shards):
         rows.append(rec)
         if len(rows) >= _BATCH_ROWS:
             yield pa.Table.from_pylist(rows, schema=SCHEMA)
@@ -369,42 +361,35 @@ def _read_shards(batch: dict[str, np.ndarray], uri: str, split: str, layout: str
         yield pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
-def read_records(
-    uri: str, split: str, layout: str | None = None, override_num_blocks: int | None = None
-) -> ray.data.Dataset:
-    """A streaming ``ray.data.Dataset`` with columns image_id (string), label (int64), image (binary)."""
+def read_records(uri: str, split: str, layout: str | None = None) -> ray.data.Dataset:
+    """A streaming ``ray.data.Dataset`` with columns image_id (string), label (int64), image (binary).
+
+    Parquet and WebDataset shards are read by one task per shard, from our own shard list:
+    Ray 2.60's file readers first list the files again in a task (seconds on a cold worker) and
+    pack small shards into a single block, which leaves all but one downstream actor idle.
+    """
     import ray.data
 
     uri = store.normalize(uri)
     layout = _check_layout(layout or detect_layout(uri))
     shards = list_shards(uri, split, layout)
     fs, _ = store.resolve(uri)
-    paths = [store.resolve(s)[1] for s in shards]
-    if layout == "parquet":
-        cols = parquet_columns(pq.read_schema(paths[0], filesystem=fs), shards[0])
-        if "image_id" in cols:
-            # Ray 2.60 deprecates read_parquet(columns=): select_columns is pushed down into the read
-            ds = ray.data.read_parquet(paths, filesystem=fs, override_num_blocks=override_num_blocks)
-            ds = ds.select_columns(cols)
-            return ds.map_batches(standardize, batch_format="pyarrow", zero_copy_batch=True)
-        # no id column: ids come from shard + row, which only a whole-shard reader knows
+    if layout in ("parquet", "webdataset"):
+        if layout == "parquet":  # a shard without the needed columns fails here, on the driver
+            parquet_columns(pq.read_schema(store.resolve(shards[0])[1], filesystem=fs), shards[0])
         items = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
         return items.map_batches(
-            partial(_read_shards, uri=uri, split=split, layout=layout), batch_size=1, batch_format="numpy"
+            partial(_read_shards, uri=uri, split=split, layout=layout, s3=store.current_s3()),
+            batch_size=1,
+            batch_format="numpy",
+            num_cpus=0.25,  # I/O-bound: leave the cores to decoding and the forward pass
         )
-    if layout == "webdataset":
-        # decoder=None keeps the raw bytes (the default decodes .jpg to arrays and .cls to int)
-        ds = ray.data.read_webdataset(
-            paths, filesystem=fs, decoder=None, override_num_blocks=override_num_blocks
-        )
-        return ds.map_batches(_wds_to_records, batch_format="numpy")
     label_map = folder_label_map(uri, layout_root(uri, layout), split)
     ds = ray.data.read_binary_files(
         [store.resolve(store.join(layout_root(uri, layout), split))[1]],
         include_paths=True,
         filesystem=fs,
         file_extensions=list(IMAGE_EXTENSIONS),
-        override_num_blocks=override_num_blocks,
     )
     return ds.map_batches(partial(_folder_to_records, label_map=label_map), batch_format="pyarrow")
 
