@@ -131,7 +131,7 @@ def _predict(
     """(predictions, labels) of the readable images and the count of unreadable ones."""
     import ray
 
-    from jobs.raysetup import cluster_gpus
+    from jobs.raysetup import cpu_actor_pool, free_gpus
     from shared.dataset_meta import split_size
     from shared.datasets import read_records
     from shared.models.zoo import model_info
@@ -139,7 +139,7 @@ def _predict(
     pre = model_info(model).preprocess
     args = {"model": model, "weights": weights, "device": device, "s3": store.current_s3()}
     ds = read_records(dataset, split)
-    gpus = cluster_gpus()
+    gpus = free_gpus()
     if gpus >= 1:
         # As in jobs.activations: decode on CPU tasks, forward on GPU actors (different resources
         # keep Ray from fusing the two stages).
@@ -152,12 +152,11 @@ def _predict(
     else:
         # CPU only: each single-threaded actor decodes its own batches; half a CPU each leaves
         # room for the read tasks (as in jobs.activations).
-        pool = ray.data.ActorPoolStrategy(
-            size=num_actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        )
+        n_actors, cpus_each = cpu_actor_pool()
+        pool = ray.data.ActorPoolStrategy(size=num_actors or n_actors)
         ds = ds.map_batches(
             _Predictor, fn_constructor_kwargs={**args, "threads": 1, "pre": pre}, compute=pool,
-            batch_size=batch_size, batch_format="numpy", num_cpus=0.5,
+            batch_size=batch_size, batch_format="numpy", num_cpus=cpus_each,
         )  # fmt: skip
     total = split_size(dataset, split)
     preds, labels = [], []

@@ -246,7 +246,7 @@ def run_activations(
     """Compute (or reuse) the activation tables of ``spec.layers``; needs a running Ray (jobs.raysetup)."""
     import ray
 
-    from jobs.raysetup import cluster_gpus
+    from jobs.raysetup import cpu_actor_pool, free_gpus
     from shared.dataset_meta import dataset_id, split_size
     from shared.datasets import read_records
     from shared.models.zoo import model_info
@@ -270,8 +270,7 @@ def run_activations(
     # Only the layers without a committed table are computed; the others are reused as they are.
     dirs = {layer: d for layer, d in all_dirs.items() if layer not in done}
 
-    gpus = cluster_gpus()
-    cpus_total = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    gpus = free_gpus()
     total = split_size(spec.dataset, spec.split)
     if spec.limit is not None and total is not None:
         total = min(total, spec.limit)
@@ -307,17 +306,18 @@ def run_activations(
             num_cpus=1,
         )
     else:
+        n_actors, cpus_each = cpu_actor_pool()
         # CPU-only: a separate decode stage would only compete with the forward pass for the same
         # cores and add a hand-off; each single-threaded actor decodes its own batches instead.
         ds = ds.map_batches(
             _Scorer,
             fn_constructor_kwargs={**scorer_args, "threads": 1, "pre": info.preprocess},
-            compute=ray.data.ActorPoolStrategy(size=spec.num_actors or cpus_total),
+            compute=ray.data.ActorPoolStrategy(size=spec.num_actors or n_actors),
             batch_size=spec.batch_size,
             batch_format="numpy",
             # Half a CPU each: whole CPUs for every actor would leave none for the read and
             # write tasks, and the pipeline would stall.
-            num_cpus=0.5,
+            num_cpus=cpus_each,
         )
     attempt = uuid.uuid4().hex[:8]
     counter = _counter_actor()

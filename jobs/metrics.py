@@ -184,11 +184,10 @@ def _stage_key(
     return store.content_key(spec.identity(), layer, split, inputs, CODE_VERSION)
 
 
-def run_metrics(spec: MetricsSpec, store_uri: str, progress: Progress = no_progress) -> MetricsResult:
-    """Compute (or reuse) the §3 metrics of each (layer, split); needs Ray unless all are committed."""
+def _lookup(spec: MetricsSpec, store_uri: str):
+    """Keys, folders and the already-committed (layer, split) results of ``spec``."""
     from shared.dataset_meta import dataset_id
 
-    t0 = time.time()
     ds_id = dataset_id(spec.dataset)
     acts, act_keys = {}, {}
     for st in STATES:
@@ -205,6 +204,21 @@ def run_metrics(spec: MetricsSpec, store_uri: str, progress: Progress = no_progr
         m = store.read_manifest(dirs[ls])
         if m is not None and m.get("key") == keys[ls]:
             per[ls] = _from_manifest(ls, dirs[ls], m)
+    return acts, keys, dirs, per
+
+
+def committed_metrics(spec: MetricsSpec, store_uri: str) -> MetricsResult | None:
+    """The stage's result when every (layer, split) is committed, else None (reads manifests only)."""
+    acts, keys, _, per = _lookup(spec, store_uri)
+    if len(per) < len(keys):
+        return None
+    return MetricsResult({ls: per[ls] for ls in keys}, acts, True, 0.0)
+
+
+def run_metrics(spec: MetricsSpec, store_uri: str, progress: Progress = no_progress) -> MetricsResult:
+    """Compute (or reuse) the §3 metrics of each (layer, split); needs Ray unless all are committed."""
+    t0 = time.time()
+    acts, keys, dirs, per = _lookup(spec, store_uri)
     pending = [ls for ls in keys if ls not in per]
     if pending:
         from jobs.raysetup import ensure_ray

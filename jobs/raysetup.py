@@ -12,6 +12,11 @@ def quiet_ray_env() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0, Tune then prints nothing itself
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no TensorBoard/CSV loggers
+    os.environ.setdefault(
+        "TUNE_GLOBAL_CHECKPOINT_S", "2"
+    )  # experiment state saved often: resume after SIGKILL
 
 
 def quiet_data_context() -> None:
@@ -44,3 +49,23 @@ def cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0))
+
+
+def free_gpus() -> float:
+    """GPUs free right now: inside a Tune trial that holds the node's GPU this is 0, so nested Ray
+    Data pipelines use CPU actors instead of waiting forever for a GPU the trial itself holds."""
+    import ray
+
+    return float(ray.available_resources().get("GPU", 0))
+
+
+def cpu_actor_pool(reserve: float = 0.25, per_actor: float = 0.5) -> tuple[int, float]:
+    """(actors, CPUs each) for a CPU forward pool that fits in what is free now, keeping ``reserve``
+    CPUs for the read tasks: whole-cluster sizing deadlocks inside a trial that holds CPUs itself."""
+    import ray
+
+    total = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    avail = float(ray.available_resources().get("CPU", 0))
+    n = max(1, min(total, int((avail - reserve) // per_actor)))
+    each = per_actor if avail - reserve >= n * per_actor else max(0.01, (avail - reserve) / n)
+    return n, round(each, 4)

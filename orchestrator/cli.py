@@ -58,11 +58,17 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--layers", default="conv3,conv5")
 
 
+def _add_validate(sub: argparse._SubParsersAction) -> None:
+    v = sub.add_parser("validate", help="check a sweep spec without starting Ray; print its trial count")
+    v.add_argument("spec", help="sweep spec YAML: path, file:// or s3:// URI")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vizsweep", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     _add_data(sub)
     _add_jobs(sub)
+    _add_validate(sub)
     return ap
 
 
@@ -75,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_pretrain(args)
         if args.cmd == "activations":
             return _cmd_activations(args)
+        if args.cmd == "validate":
+            return _cmd_validate(args)
         if args.cmd == "demo":
             from orchestrator.demo import run_demo
 
@@ -148,6 +156,15 @@ def _cmd_activations(args: argparse.Namespace) -> int:
                 layer: run_topk(uri, args.k, progress=bar).uri for layer, uri in res.tables.items()
             }
     print(json.dumps(out))
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    # A bad spec raises SpecError (a ValueError): main prints its problem list and returns 2.
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(args.spec, check_environment=True)
+    print(f"ok: {spec.name}: {spec.trial_count()} trials ({spec.trial_formula()})")
     return 0
 
 

@@ -48,3 +48,72 @@ class Bar:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SweepProgress:
+    """One line for the attack phase: trials done / running / failed and the time left.
+
+    Tune pickles its callbacks into the experiment state and a restored experiment
+    brings back that copy, so the callback only holds the sweep folder and looks up
+    the live display here (:attr:`current`) when it fires.
+    """
+
+    current: SweepProgress | None = None
+
+    def __init__(self, total: int, done: int, sweep_dir: str, quiet: bool = False) -> None:
+        self.total, self.done, self.sweep_dir, self.quiet = total, done, sweep_dir, quiet
+        self.running: set[str] = set()
+        self.failed = 0
+        self.t0 = time.time()
+        self.durations: list[float] = []
+        self.started: dict[str, float] = {}
+        self.bar = None if quiet else tqdm(total=total, initial=done, desc="attacks", unit="trial",
+                                            file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+        SweepProgress.current = self
+
+    def event(self, kind: str, trial_id: str, result: dict | None = None) -> None:
+        now = time.time()
+        if kind == "start":
+            self.running.add(trial_id)
+            self.started.setdefault(trial_id, now)
+        elif kind in ("complete", "error"):
+            self.running.discard(trial_id)
+            if kind == "error":
+                self.failed += 1
+            else:
+                self.done += 1
+                self.durations.append(now - self.started.get(trial_id, self.t0))
+        self._show(result)
+
+    def eta(self) -> float | None:
+        if not self.durations:
+            return None
+        left = self.total - self.done - self.failed
+        per = sum(self.durations) / len(self.durations)
+        return left * per / max(1, len(self.running) or 1)
+
+    def _show(self, result: dict | None) -> None:
+        from orchestrator.sweep import write_status
+
+        eta = self.eta()
+        info = {"running": len(self.running), "failed": self.failed}
+        if eta is not None:
+            info["left"] = f"{eta / 60:.1f} min"
+        if result and "acc_drop" in result:
+            info["α"] = f"{result.get('alpha', 0):.3g}"
+            info["drop"] = f"{result['acc_drop']:.2f}pp"
+        write_status(self.sweep_dir, done=self.done, running=len(self.running), failed_count=self.failed)
+        if self.bar is not None:
+            self.bar.n = self.done
+            self.bar.set_postfix(info, refresh=False)
+            self.bar.refresh()
+
+    def tune_callback(self):
+        from orchestrator.tune_callbacks import ProgressRelay
+
+        return ProgressRelay()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        SweepProgress.current = None

@@ -37,3 +37,19 @@ def ray_local():
     ensure_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mlflow_s3_server(s3_server, tmp_path_factory):
+    """A real MLflow server whose artifacts go to the SeaweedFS bucket ``mlflow`` (prefix ``artifacts``)."""
+    from tests.services import mlflow_server
+
+    bucket = "mlflow"
+    client = s3_server.client()
+    if bucket not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+        client.create_bucket(Bucket=bucket)
+    env = {**s3_server.env(), "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint}
+    with mlflow_server(
+        tmp_path_factory.mktemp("mlflow"), artifacts_destination=f"s3://{bucket}/artifacts", env=env
+    ) as server:
+        yield server

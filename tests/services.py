@@ -106,3 +106,145 @@ def seaweedfs(workdir: Path, bucket: str = "vizsweep"):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+# --------------------------------------------------------------------------- MLflow server
+
+
+@dataclass
+class MlflowServer:
+    uri: str  # http://127.0.0.1:PORT
+    backend_store_uri: str
+    artifacts_destination: str | None
+    log_path: Path
+    seconds_to_healthy: float
+
+
+def _log_tail(path: Path, chars: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError as e:
+        return f"(no log: {e})"
+
+
+def _stop_group(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """Terminate a process started with ``start_new_session`` and everything it spawned (its group)."""
+    import signal
+
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    try:  # the workers uvicorn spawned may outlive their parent: kill what is left of the group
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=timeout)
+
+
+@contextmanager
+def mlflow_server(
+    workdir: Path, artifacts_destination: str | None = None, env: dict | None = None, timeout: float = 180
+):
+    """A real MLflow tracking server on 127.0.0.1 (sqlite backend), optionally with S3 artifacts.
+
+    Clients log artifacts through the server (``mlflow-artifacts:``), so only
+    the server needs the S3 endpoint and keys: pass them in ``env``
+    (``MLFLOW_S3_ENDPOINT_URL`` is taken from ``AWS_ENDPOINT_URL`` when missing).
+    Healthy after 10-20 s on an idle machine, over a minute on a loaded one:
+    hence the generous deadline.
+    """
+    import urllib.request
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    backend = f"sqlite:///{workdir.resolve()}/mlflow.db"
+    cmd = [
+        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    if artifacts_destination:
+        cmd += ["--artifacts-destination", artifacts_destination]
+    full_env = {**os.environ, **(env or {})}
+    if artifacts_destination and artifacts_destination.startswith("s3://"):
+        if "MLFLOW_S3_ENDPOINT_URL" not in full_env and full_env.get("AWS_ENDPOINT_URL"):
+            full_env["MLFLOW_S3_ENDPOINT_URL"] = full_env["AWS_ENDPOINT_URL"]
+    log_path = workdir / "mlflow-server.log"
+    log = open(log_path, "wb")
+    started = time.monotonic()
+    # cwd = workdir: the server's default ./mlartifacts lands there, not in the repo
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=workdir, start_new_session=True
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+
+        def healthy_or_dead() -> bool:
+            # a dead server ends the wait at once (wait_until would retry a raised error until its deadline)
+            if proc.poll() is not None:
+                return True
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                return r.status == 200
+
+        try:
+            wait_until(healthy_or_dead, timeout, "MLflow server", interval=0.25)
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {proc.returncode}")
+        except (TimeoutError, RuntimeError) as e:
+            raise RuntimeError(f"{e}; tail of {log_path}:\n{_log_tail(log_path)}") from e
+        yield MlflowServer(uri, backend, artifacts_destination, log_path, time.monotonic() - started)
+    finally:
+        _stop_group(proc)
+        log.close()
+
+
+# --------------------------------------------------------------------------- a real browser
+
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+)  # fmt: skip
+
+
+def chromium_binary() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        raise RuntimeError(
+            "chromium not found: `make test` installs it "
+            "(apt-get install -y chromium chromium-driver fonts-liberation)"
+        )
+    return found
+
+
+def _chromium(args: list[str], budget_ms: int) -> subprocess.CompletedProcess:
+    """One headless Chromium run with its own throwaway profile (two runs never share a lock)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+        cmd = [
+            chromium_binary(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+            f"--virtual-time-budget={budget_ms}", *args,
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=budget_ms / 1000 + 90)
+    if proc.returncode != 0:
+        raise RuntimeError(f"chromium exited with {proc.returncode}: {proc.stderr[-4000:]}")
+    return proc
+
+
+def chromium_dump_dom(url: str, out_png: str | os.PathLike | None = None, budget_ms: int = 20000) -> str:
+    """The DOM of ``url`` after ``budget_ms`` of virtual time (scripts run, XHRs answered).
+
+    With ``out_png``, a second run saves a 1600x1000 screenshot of the same page
+    (Chromium cannot dump the DOM and take a screenshot in one run).
+    """
+    dom = _chromium(["--dump-dom", url], budget_ms).stdout
+    if out_png is not None:
+        Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+        _chromium([f"--screenshot={os.fspath(out_png)}", "--window-size=1600,1000", url], budget_ms)
+    return dom

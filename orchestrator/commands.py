@@ -1,0 +1,195 @@
+"""The sweep commands: launch, status, resume, report, ui (``vizsweep --help``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from shared import store
+
+
+class SweepNotFound(ValueError):
+    """The sweep id names no folder under ``{store}/sweeps``."""
+
+
+def list_sweeps(store_uri: str) -> list[dict[str, Any]]:
+    """Status records of the store's sweeps, newest first."""
+    root = store.join(store_uri, "sweeps")
+    if not store.exists(root):
+        return []
+    out = []
+    for d in store.listdir(root):
+        uri = store.join(d, "status.json")
+        if store.exists(uri):
+            out.append({"dir": d, **store.read_json(uri)})
+    return sorted(out, key=lambda s: s.get("started", 0), reverse=True)
+
+
+def find_sweep(store_uri: str, sweep_id: str) -> str:
+    from orchestrator.sweep import sweep_dir
+
+    d = sweep_dir(store_uri, sweep_id)
+    if not store.exists(store.join(d, "spec.json")):
+        known = [s.get("sweep_id", "?") for s in list_sweeps(store_uri)]
+        raise SweepNotFound(
+            f"no sweep {sweep_id!r} in store {store.normalize(store_uri)}; "
+            f"known: {', '.join(known) or 'none'} (pass --store to look elsewhere)"
+        )
+    return d
+
+
+def cmd_launch(spec_path: str, max_concurrent: int | None = None) -> int:
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(spec_path, check_environment=True)  # bad input stops here, before Ray starts
+    return _run(spec, max_concurrent)
+
+
+def cmd_resume(store_uri: str, sweep_id: str, max_concurrent: int | None = None) -> int:
+    from orchestrator.spec import load_spec
+
+    d = find_sweep(store_uri, sweep_id)
+    spec = load_spec(store.read_json(store.join(d, "spec.json")), check_environment=True)
+    _kill_dead_driver_leftovers(d)
+    return _run(spec, max_concurrent)
+
+
+def _run(spec, max_concurrent: int | None) -> int:
+    from orchestrator.report import render, report_rows
+    from orchestrator.sweep import launch
+
+    res = launch(spec, max_concurrent=max_concurrent)
+    rows = report_rows(res.tracking_uri, res.sweep_id)
+    print(render(rows, "md", sweep=res.sweep_id))
+    print(
+        f"\nsweep {res.sweep_id}: {res.trials} trials, {res.trained} run now, {res.reused} reused from the store, "
+        f"{len(res.failed)} failed, {len(res.stopped)} stopped by the α controller, {res.seconds:.0f} s"
+    )
+    if res.failed:
+        print(f"failed: {', '.join(res.failed)}; finish them with: vizsweep resume {res.sweep_id}")
+    print(f"compare the runs in MLflow: vizsweep ui {res.sweep_id} --store {_shown_store(spec.store)}")
+    return 1 if res.failed else 0
+
+
+def _shown_store(uri: str) -> str:
+    local = store.local_path(uri)
+    if local is None:
+        return uri
+    rel = os.path.relpath(local)
+    return rel if not rel.startswith("..") else local
+
+
+def _kill_dead_driver_leftovers(sweep_dir_uri: str) -> None:
+    """NOTES.md: a SIGKILLed driver can leave Ray agents behind; nothing to do when its pid is gone."""
+    status = store.read_json(store.join(sweep_dir_uri, "status.json"))
+    pid = status.get("driver_pid")
+    if pid and pid != os.getpid() and _alive(pid) and status.get("state") not in ("done", "failed"):
+        raise ValueError(
+            f"sweep {status.get('sweep_id')} is still being run by process {pid}; stop it first or wait"
+        )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:  # a zombie or a reused pid of another program is not our driver
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+        return b"vizsweep" in cmdline or b"orchestrator" in cmdline or b"python" in cmdline
+    except OSError:
+        return True
+
+
+def cmd_status(store_uri: str, sweep_id: str | None) -> int:
+    from orchestrator.plan import TrialPlan, stored_result
+
+    if sweep_id is None:
+        sweeps = list_sweeps(store_uri)
+        if not sweeps:
+            print(f"no sweeps in {store.normalize(store_uri)}")
+            return 0
+        print(f"{'sweep':<32} {'state':<10} {'trials':>6} {'done':>5} {'failed':>6}  started")
+        for s in sweeps:
+            started = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.get("started", 0)))
+            print(f"{s.get('sweep_id', '?'):<32} {s.get('state', '?'):<10} {s.get('trials', '?'):>6} "
+                  f"{s.get('done', 0):>5} {s.get('failed_count', 0):>6}  {started}")  # fmt: skip
+        return 0
+    d = find_sweep(store_uri, sweep_id)
+    status = store.read_json(store.join(d, "status.json"))
+    plan_uri = store.join(d, "plan.json")
+    plans = [TrialPlan.from_dict(p) for p in store.read_json(plan_uri)] if store.exists(plan_uri) else []
+    from orchestrator.trial import checkpoints_uri
+
+    rows = []
+    for p in plans:
+        if stored_result(p, _store_of(d)) is not None:
+            state = "done"
+        elif store.exists(checkpoints_uri(_store_of(d), p.attack_key)):
+            state = "started"
+        else:
+            state = "pending"
+        rows.append((p.run_name, state))
+    counts = {s: sum(1 for _, x in rows if x == s) for s in ("done", "started", "pending")}
+    print(f"sweep {sweep_id}: {status.get('state')}  ({counts['done']} done, {counts['started']} started, "
+          f"{counts['pending']} pending of {len(rows)})")  # fmt: skip
+    for name, state in rows:
+        print(f"  {state:<8} {name}")
+    if status.get("state") not in ("done",) and not _alive(status.get("driver_pid") or -1):
+        print(f"the driver is gone: continue with  vizsweep resume {sweep_id}")
+    return 0
+
+
+def _store_of(sweep_dir_uri: str) -> str:
+    return sweep_dir_uri.rsplit("/sweeps/", 1)[0]
+
+
+def cmd_report(store_uri: str, sweep_id: str, fmt: str) -> int:
+    from orchestrator.report import render, report_rows
+
+    d = find_sweep(store_uri, sweep_id)
+    status = store.read_json(store.join(d, "status.json"))
+    rows = report_rows(status["tracking_uri"], sweep_id)
+    print(render(rows, fmt, sweep=sweep_id))
+    return 0
+
+
+def cmd_ui(store_uri: str, sweep_id: str, port: int, host: str = "127.0.0.1") -> int:
+    """MLflow's UI on the sweep's tracking store, bound to localhost; prints the compare-page URL."""
+    from orchestrator.tracking import compare_url, find_child_runs
+
+    d = find_sweep(store_uri, sweep_id)
+    status = store.read_json(store.join(d, "status.json"))
+    uri = status["tracking_uri"]
+    if uri.startswith("http"):
+        runs = [r.info.run_id for r in find_child_runs(uri, sweep_id)]
+        print(
+            f"MLflow server: {uri}\ncompare this sweep's runs: {compare_url(uri, status['experiment_id'], runs)}"
+        )
+        return 0
+    base = f"http://{host}:{port}"
+    runs = [r.info.run_id for r in find_child_runs(uri, sweep_id)]
+    print(f"MLflow UI on {base} (Ctrl-C stops it)\ncompare this sweep's runs: "
+          f"{compare_url(base, status['experiment_id'], runs)}", flush=True)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    return subprocess.call(cmd)
+
+
+def dump(obj: Any) -> str:
+    return json.dumps(obj, indent=1, default=str)

@@ -1,0 +1,215 @@
+"""Planning: a validated sweep spec -> the stage graph with content keys (ARCHITECTURE.md).
+
+``prepare`` runs the cheap driver-side stages (dataset, base models, reference
+encoder) and ``plan_trials`` expands the spec into one :class:`TrialPlan` per
+pruned-then-attacked model × layer scope × attack × seed. Every plan carries the
+keys of its stages, so the launcher can tell what the store already holds:
+a trial whose attacked model and metrics are committed trains nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from shared import store
+
+ATTACK_ORDER = {"finetune": 0, "push-down": 1, "push-up": 2}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A model the attacks start from: a base model, or (pruning issue) a pruned+fine-tuned one."""
+
+    model: str
+    weights: str  # checkpoint URI or torchvision weights name
+    key: str  # content key: the tables of θ0 live under model={key}
+    base: str  # the base model's key (== key when not pruned)
+    prune_method: str = "none"
+    prune_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the driver-side stages produced."""
+
+    dataset: str
+    dataset_id: str
+    variants: tuple[Variant, ...]
+    embedder: str
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """One Tune trial: an attack and its metrics, with everything a worker needs, JSON-able."""
+
+    trial_key: str
+    run_name: str
+    attack: dict[str, Any]  # AttackSpec fields (alpha as a dict)
+    metrics: dict[str, Any]  # MetricsSpec fields
+    attack_key: str
+    params: dict[str, Any]  # MLflow params
+    alpha: dict[str, Any]
+    alpha_controlled: bool  # False for the fine-tuning baseline (α fixed at 0)
+    variant: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrialPlan:
+        return cls(**d)
+
+    def attack_spec(self, **execution: Any):
+        from jobs.attack import AttackSpec
+        from shared.alpha import AlphaConfig
+
+        d = dict(self.attack)
+        d["alpha"] = AlphaConfig(**d["alpha"])
+        d["layers"] = tuple(d["layers"])
+        if d["units"] != "all":
+            d["units"] = tuple(d["units"])
+        return AttackSpec(**{**d, **execution})
+
+    def metrics_spec(self, **execution: Any):
+        from jobs.metrics import MetricsSpec
+
+        d = dict(self.metrics)
+        d["layers"] = tuple(d["layers"])
+        d["splits"] = tuple(d["splits"])
+        if d["units"] != "all":
+            d["units"] = tuple(d["units"])
+        return MetricsSpec(**{**d, **execution})
+
+
+def _model_key(model: str, weights: str) -> str:
+    """A base model given by the user: its name, weights and (for files) size identify it."""
+    size = None
+    if ("://" in weights or "/" in weights) and store.exists(weights):
+        fs, path = store.resolve(weights)
+        size = fs.get_file_info(path).size
+    return store.content_key(
+        {"model": model, "weights": store.normalize(weights) if size else weights, "size": size}
+    )
+
+
+def prepare(spec: Any, progress_for=None) -> Prepared:
+    """Driver-side stages: synthetic data if asked for and missing, pretrained bases, the reference encoder."""
+    from jobs.pretrain import PretrainSpec, run_pretrain
+    from jobs.reference_encoder import train_reference_encoder
+    from shared.dataset_meta import dataset_id
+    from shared.synth import generate
+
+    bar = progress_for or (lambda name: None)
+    ds = spec.dataset
+    if ds.synth is not None and not store.exists(store.join(ds.uri, "_MANIFEST.json")):
+        generate(
+            ds.uri,
+            **(dataclasses.asdict(ds.synth) if dataclasses.is_dataclass(ds.synth) else dict(ds.synth)),
+            progress=bar("synthetic data") or _noop,
+        )
+    variants = []
+    for m in spec.models:
+        if m.weights == "pretrain":
+            res = run_pretrain(
+                PretrainSpec(
+                    dataset=ds.uri, model=m.name, train_split=ds.train_split, val_split=ds.val_split
+                ),
+                spec.store,
+                progress=bar(f"pretrain {m.name}") or _noop,
+            )
+            weights, key = res.model_uri, res.key
+        else:
+            weights, key = m.weights, _model_key(m.name, m.weights)
+        for p in spec.pruning:
+            if p.method != "none":
+                raise NotImplementedError(f"pruning method {p.method!r} is not available yet")
+            variants.append(Variant(m.name, weights, key, key))
+    embedder = spec.metrics.embedder
+    if embedder == "reference":
+        uri = train_reference_encoder(ds.uri, spec.store, progress=bar("reference encoder") or _noop)
+        embedder = f"reference:{uri}"
+    return Prepared(ds.uri, dataset_id(ds.uri), tuple(variants), embedder)
+
+
+def _noop(*a: Any, **k: Any) -> None:
+    return None
+
+
+def plan_trials(spec: Any, prep: Prepared) -> list[TrialPlan]:
+    """Every trial of the sweep, in a stable order (model, prune, layer, attack, seed)."""
+    plans = []
+    t = spec.training
+    alpha = dataclasses.asdict(spec.alpha) if dataclasses.is_dataclass(spec.alpha) else dict(spec.alpha)
+    for v in prep.variants:
+        for a in sorted(spec.attacks, key=lambda a: ATTACK_ORDER.get(a.name, 9)):
+            scopes = [tuple(spec.layers)] if a.scope == "layers" else [(layer,) for layer in spec.layers]
+            for layers in scopes:
+                for seed in spec.seeds:
+                    plans.append(_plan(spec, prep, v, a, layers, seed, t, alpha))
+    return plans
+
+
+def _plan(spec, prep: Prepared, v: Variant, a, layers: tuple[str, ...], seed: int, t, alpha) -> TrialPlan:
+    from jobs.attack import AttackSpec
+    from jobs.metrics import MetricsSpec
+    from shared.alpha import AlphaConfig
+
+    units: Any = "all" if a.scope != "unit" else tuple(a.units)
+    aspec = AttackSpec(
+        dataset=prep.dataset, model=v.model, weights=v.weights, variant_key=v.key, attack=a.name,
+        layers=layers, units=units, scale=t.scale, k=t.k, decoy_class=t.decoy_class,
+        decoy_images=t.decoy_images, alpha=AlphaConfig(**alpha), lr=t.lr, batch_size=t.batch_size,
+        epochs=t.epochs, max_steps=t.max_steps, evals_per_epoch=t.evals_per_epoch,
+        eval_split=spec.dataset.val_split, eval_images=t.eval_images, train_split=spec.dataset.train_split,
+        seed=seed, amp=t.amp,
+    )  # fmt: skip
+    akey = aspec.key(prep.dataset_id)
+    from jobs.attack import model_dir
+
+    m = spec.metrics
+    mspec = MetricsSpec(
+        dataset=prep.dataset, model=v.model, variant_key=v.key, init_weights=v.weights,
+        final_weights=store.join(model_dir(spec.store, akey), "model.pt"), final_state_key=akey,
+        layers=layers, units=units, k=m.k, tau_images=m.tau_images, tau_seed=seed,
+        val_split=spec.dataset.val_split, splits=tuple(m.splits), embedder=prep.embedder,
+        picture_units=m.picture_units,
+    )  # fmt: skip
+    attack_d = {f.name: getattr(aspec, f.name) for f in dataclasses.fields(aspec) if f.compare}
+    attack_d["alpha"] = asdict(aspec.alpha)
+    metrics_d = {f.name: getattr(mspec, f.name) for f in dataclasses.fields(mspec) if f.compare}
+    scope = a.scope if a.scope != "unit" else f"units {','.join(map(str, units))}"
+    layer = "+".join(layers)
+    trial_key = store.content_key(akey, metrics_d)
+    run_name = f"{v.model}-{v.prune_method}{'' if v.prune_method == 'none' else v.prune_rate}-{layer}-{a.name}-s{seed}"
+    params = {
+        "model": v.model, "prune_method": v.prune_method, "prune_rate": v.prune_rate, "layer": layer,
+        "attack": a.name, "scope": scope, "seed": seed, "dataset": prep.dataset, "weights": v.weights,
+        "lr": t.lr, "epochs": t.epochs, "batch_size": t.batch_size, "max_steps": t.max_steps,
+        "scale": t.scale, "k": t.k, "alpha": alpha, "embedder": prep.embedder,
+        "variant_key": v.key, "attack_key": akey, "trial_key": trial_key,
+    }  # fmt: skip
+    return TrialPlan(
+        trial_key=trial_key, run_name=run_name, attack=_jsonable(attack_d), metrics=_jsonable(metrics_d),
+        attack_key=akey, params=params, alpha=alpha, alpha_controlled=a.name != "finetune",
+        variant=asdict(v),
+    )  # fmt: skip
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def stored_result(plan: TrialPlan, store_uri: str) -> dict[str, Any] | None:
+    """The trial's committed outputs (attack manifest + metrics), or None when anything is unfinished."""
+    from jobs.attack import model_dir
+    from jobs.metrics import committed_metrics
+
+    am = store.read_manifest(model_dir(store_uri, plan.attack_key))
+    if am is None or am.get("key") != plan.attack_key:
+        return None
+    mr = committed_metrics(plan.metrics_spec(), store_uri)
+    if mr is None:
+        return None
+    return {"attack": am, "metrics": mr}

@@ -1,0 +1,421 @@
+"""MLflow tracking for sweeps: one parent run per sweep, one child run per trial.
+
+Everything goes through an explicit :class:`MlflowClient` for an explicit
+tracking URI, never through MLflow's fluent API: trials run inside Ray
+workers, whose working directory is the trial folder, so MLflow's implicit
+defaults (``sqlite:///<cwd>/mlflow.db``, ``MLFLOW_EXPERIMENT_ID``, the active
+run stack) would scatter runs over per-trial databases (NOTES.md, "MLflow").
+
+Runs are found again by tags rather than remembered ids, so that a resumed
+sweep or a retried trial continues its own run instead of adding a new one:
+the parent carries ``vizsweep.sweep_id``, a child carries ``mlflow.parentRunId``
+and ``vizsweep.trial_key``.
+
+Credentials never reach MLflow: every param and tag value goes through
+:func:`safe_params`, which drops secret-looking keys and strips userinfo from
+URIs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import numbers
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from typing import Any
+from urllib.parse import quote
+
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from shared import store
+
+log = logging.getLogger(__name__)
+
+TAG_SWEEP = "vizsweep.sweep_id"
+TAG_ROLE = "vizsweep.role"  # "sweep" on the parent, "trial" on children
+TAG_TRIAL_KEY = "vizsweep.trial_key"
+TAG_FINAL_METRICS = "vizsweep.final_metrics"  # comma-joined keys logged by log_final (not step metrics)
+TAG_PARENT = "mlflow.parentRunId"  # what the MLflow UI nests children by
+
+MAX_PARAM_VALUE = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+MAX_TAG_VALUE = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
+MAX_KEY = 250  # mlflow.utils.validation.MAX_ENTITY_KEY_LENGTH
+BATCH = 100  # MAX_PARAMS_TAGS_PER_BATCH; metrics allow 1000, we stay under both
+
+FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
+_TERMINAL = {FINISHED, FAILED, KILLED}
+
+# --------------------------------------------------------------------------- URIs
+
+
+def default_tracking_uri(store_uri: str) -> str:
+    """The sqlite database that belongs to a store: next to a local store, in the cwd for S3.
+
+    A local store keeps its runs with its data, so moving or deleting the folder
+    moves or deletes both. An S3 store cannot hold a sqlite file, so the
+    database stays where the user launched the sweep.
+    """
+    local = store.local_path(store_uri)
+    folder = local if local is not None else os.getcwd()
+    return f"sqlite:///{os.path.abspath(folder)}/mlflow.db"
+
+
+def compare_url(server_uri: str, experiment_id: str, run_ids: Iterable[str]) -> str:
+    """The MLflow UI's run-comparison page for some runs of one experiment.
+
+    The UI reads JSON lists from the fragment's query (NOTES.md); they are
+    URL-encoded so that quotes and brackets survive every browser and shell.
+    """
+
+    def enc(items: list[str]) -> str:
+        return quote(json.dumps(items, separators=(",", ":")), safe="")
+
+    base = server_uri.rstrip("/")
+    return (
+        f"{base}/#/compare-runs?runs={enc([str(r) for r in run_ids])}&experiments={enc([str(experiment_id)])}"
+    )
+
+
+# --------------------------------------------------------------------------- redaction
+
+_SECRET_KEY = re.compile(r"secret|password|token|access_key|credential", re.IGNORECASE)
+# scheme://userinfo@ -> scheme://; a password after ':' may hold a raw '/' (AWS secret keys do)
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)(?:[^/@\s'\"]*:[^@\s'\"]*|[^/@\s'\"]+)@")
+# ?X-Amz-Signature=...&token=... in presigned or tokened URLs
+_SECRET_QUERY = re.compile(
+    r"([?&][^=&\s'\"]*(?:secret|password|token|access_key|credential|signature)[^=&\s'\"]*=)[^&\s'\"]*",
+    re.IGNORECASE,
+)
+_BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
+
+
+def redact(value: object) -> str:
+    """``value`` as text with credentials removed from any URI inside it.
+
+    Works on whole strings (a list of URIs rendered with ``str`` included), so
+    that a credential hidden in a nested structure is caught too.
+    """
+    text = str(value)
+    text = _USERINFO.sub(r"\1", text)
+    return _SECRET_QUERY.sub(r"\1***", text)
+
+
+def is_secret_key(key: str) -> bool:
+    return bool(_SECRET_KEY.search(key))
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings -> one level with dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _sanitize(d: Mapping[str, Any], limit: int) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in flatten(d).items():
+        if is_secret_key(key):
+            continue
+        out[_truncate(_BAD_KEY_CHARS.sub("_", key), MAX_KEY)] = _truncate(redact(value), limit)
+    return out
+
+
+def safe_params(d: Mapping[str, Any]) -> dict[str, str]:
+    """Params as MLflow accepts them, with no credential in keys or values.
+
+    Flattens nested dicts with dotted keys, drops every key that looks like a
+    secret (the whole dotted key is checked, so ``s3.secret_key`` goes too),
+    strips userinfo from URIs and truncates values to MLflow's 6000 characters.
+    """
+    return _sanitize(d, MAX_PARAM_VALUE)
+
+
+def safe_tags(d: Mapping[str, Any]) -> dict[str, str]:
+    """Like :func:`safe_params`, with MLflow's longer tag limit."""
+    return _sanitize(d, MAX_TAG_VALUE)
+
+
+# --------------------------------------------------------------------------- clients and searches
+
+
+def _ensure_sqlite_folder(tracking_uri: str) -> None:
+    """sqlite will not create the database's folder; a fresh store has none yet."""
+    if tracking_uri.startswith("sqlite:///"):
+        path = tracking_uri[len("sqlite:///") :]
+        if path and path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+
+@lru_cache(maxsize=8)
+def client(tracking_uri: str) -> MlflowClient:
+    """One client per URI and process: a sqlite client checks the schema when it starts (slow)."""
+    _ensure_sqlite_folder(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _default_artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts beside a sqlite database; a server chooses its own.
+
+    Without this, MLflow puts a sqlite store's artifacts under ``./mlruns`` of
+    whichever process creates the experiment, and Ray trials all have a
+    different cwd.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = os.path.abspath(tracking_uri[len("sqlite:///") :])
+    return "file://" + os.path.join(os.path.dirname(db), "mlartifacts")
+
+
+def _quote(value: str) -> str:
+    """A string literal for an MLflow search filter."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _search_all(c: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
+    """Every active run that matches, oldest first, across result pages."""
+    runs: list[Run] = []
+    token: str | None = None
+    while True:
+        page = c.search_runs(
+            experiment_ids, filter_string, max_results=1000, order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )  # fmt: skip
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _all_experiment_ids(c: MlflowClient) -> list[str]:
+    ids: list[str] = []
+    token: str | None = None
+    while True:
+        page = c.search_experiments(max_results=1000, page_token=token)
+        ids.extend(e.experiment_id for e in page)
+        token = page.token
+        if not token:
+            return ids
+
+
+def _log(c: MlflowClient, run_id: str, *, metrics=(), params=(), tags=()) -> None:
+    """``log_batch`` within MLflow's per-request limits (one call for anything small)."""
+    metrics, params, tags = list(metrics), list(params), list(tags)
+    while metrics or params or tags:
+        c.log_batch(run_id, metrics=metrics[:1000], params=params[:BATCH], tags=tags[:BATCH])
+        metrics, params, tags = metrics[1000:], params[BATCH:], tags[BATCH:]
+
+
+def _missing_params(run: Run, params: Mapping[str, str]) -> list[Param]:
+    """Params not yet on a run: MLflow params are write-once, a resume must not re-log a changed one."""
+    have = run.data.params
+    for k, v in params.items():
+        if k in have and have[k] != v:
+            log.warning("run %s keeps param %s=%r (new value %r ignored)", run.info.run_id, k, have[k], v)
+    return [Param(k, v) for k, v in params.items() if k not in have]
+
+
+def _reopen_log(c: MlflowClient, run: Run, params: Mapping[str, str], tags: Mapping[str, str]) -> None:
+    """On a resume: params the first attempt did not get to, and the tags as they are now."""
+    _log(
+        c, run.info.run_id, params=_missing_params(run, params), tags=[RunTag(k, v) for k, v in tags.items()]
+    )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _find_parents(c: MlflowClient, sweep_id: str, experiment_ids: list[str]) -> list[Run]:
+    flt = f"tags.`{TAG_SWEEP}` = {_quote(sweep_id)} AND tags.`{TAG_ROLE}` = 'sweep'"
+    return _search_all(c, experiment_ids, flt) if experiment_ids else []
+
+
+def _children(c: MlflowClient, parent: Run, extra: str = "") -> list[Run]:
+    flt = f"tags.`{TAG_PARENT}` = {_quote(parent.info.run_id)}" + (f" AND {extra}" if extra else "")
+    return _search_all(c, [parent.info.experiment_id], flt)
+
+
+def find_parent_run(tracking_uri: str, sweep_id: str) -> Run | None:
+    """The sweep's parent run in any experiment of that store, or None (the oldest if a race made two)."""
+    c = client(tracking_uri)
+    parents = _find_parents(c, sweep_id, _all_experiment_ids(c))
+    return parents[0] if parents else None
+
+
+def find_child_runs(tracking_uri: str, sweep_id: str, status: str | None = None) -> list[Run]:
+    """The trial runs of a sweep, oldest first; only those with ``status`` when given."""
+    parent = find_parent_run(tracking_uri, sweep_id)
+    if parent is None:
+        return []
+    extra = f"attributes.status = {_quote(status)}" if status else ""
+    return _children(client(tracking_uri), parent, extra)
+
+
+# --------------------------------------------------------------------------- the sweep's parent run
+
+
+class SweepTracker:
+    """The experiment of a sweep name and the parent run of each sweep in it."""
+
+    def __init__(self, tracking_uri: str, experiment: str):
+        self.tracking_uri = tracking_uri
+        self.client = client(tracking_uri)
+        self.experiment_id = self._experiment(experiment)
+
+    def _experiment(self, name: str) -> str:
+        """Get or create; two launchers creating the same name at once both end up with the one."""
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name, _default_artifact_location(self.tracking_uri))
+        except MlflowException:
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def find(self, sweep_id: str) -> Run | None:
+        parents = _find_parents(self.client, sweep_id, [self.experiment_id])
+        return parents[0] if parents else None
+
+    def parent(self, sweep_id: str, params: Mapping[str, Any], tags: Mapping[str, Any]) -> str:
+        """The parent run's id, created on the first call; a resume gets the same run back, RUNNING again."""
+        tags_ = {**safe_tags(tags), TAG_SWEEP: sweep_id, TAG_ROLE: "sweep"}
+        params_ = safe_params(params)
+        run = self.find(sweep_id)
+        if run is None:
+            run = self.client.create_run(self.experiment_id, tags=tags_, run_name=sweep_id)
+            _log(self.client, run.info.run_id, params=[Param(k, v) for k, v in params_.items()])
+            return run.info.run_id
+        if run.info.status != RunStatus.to_string(RunStatus.RUNNING):
+            self.client.update_run(run.info.run_id, status="RUNNING")
+        _reopen_log(self.client, run, params_, tags_)
+        return run.info.run_id
+
+    def finish_parent(self, sweep_id: str, status: str = FINISHED) -> None:
+        """Mark the sweep's parent run ended (FINISHED, FAILED or KILLED)."""
+        _check_status(status)
+        run = self.find(sweep_id)
+        if run is None:
+            raise LookupError(f"sweep {sweep_id!r} has no parent run in experiment {self.experiment_id}")
+        self.client.set_terminated(run.info.run_id, status)
+
+    def children(self, sweep_id: str) -> list[Run]:
+        run = self.find(sweep_id)
+        return _children(self.client, run) if run else []
+
+
+def _check_status(status: str) -> None:
+    if status not in _TERMINAL:
+        raise ValueError(f"run status must be one of {sorted(_TERMINAL)}, not {status!r}")
+
+
+# --------------------------------------------------------------------------- a trial's run
+
+
+def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers among ``metrics`` (bools and text are not metrics)."""
+    return {
+        _truncate(_BAD_KEY_CHARS.sub("_", k), MAX_KEY): float(v)
+        for k, v in metrics.items()
+        if isinstance(v, numbers.Real) and not isinstance(v, bool)
+    }
+
+
+class TrialRun:
+    """The child run of one trial; a retried or resumed trial reopens its own run and continues it."""
+
+    def __init__(self, c: MlflowClient, run: Run):
+        self.client = c
+        self.run_id: str = run.info.run_id
+        self.experiment_id: str = run.info.experiment_id
+        self._final = set(filter(None, run.data.tags.get(TAG_FINAL_METRICS, "").split(",")))
+        self._last_step = self._highest_step(run)
+
+    @classmethod
+    def open(
+        cls, tracking_uri: str, experiment_id: str, parent_run_id: str, trial_key: str, run_name: str,
+        params: Mapping[str, Any], tags: Mapping[str, Any],
+    ) -> TrialRun:  # fmt: skip
+        """Find the trial's run under ``parent_run_id`` by ``trial_key`` and set it RUNNING, or create it."""
+        c = client(tracking_uri)
+        tags_ = {**safe_tags(tags), TAG_PARENT: parent_run_id, TAG_TRIAL_KEY: trial_key, TAG_ROLE: "trial"}
+        params_ = safe_params(params)
+        flt = (
+            f"tags.`{TAG_PARENT}` = {_quote(parent_run_id)} AND tags.`{TAG_TRIAL_KEY}` = {_quote(trial_key)}"
+        )
+        found = _search_all(c, [experiment_id], flt)
+        if found:
+            run = found[0]
+            c.update_run(run.info.run_id, status="RUNNING")
+            _reopen_log(c, run, params_, tags_)
+        else:
+            run = c.create_run(experiment_id, tags=tags_, run_name=run_name)
+            _log(c, run.info.run_id, params=[Param(k, v) for k, v in params_.items()])
+        return cls(c, run)
+
+    def _highest_step(self, run: Run) -> int:
+        """The last step a previous attempt logged, over every step metric (final metrics excluded)."""
+        keys = [k for k in run.data.metrics if k not in self._final]
+        steps = [m.step for k in keys for m in self.client.get_metric_history(self.run_id, k)]
+        return max(steps, default=-1)
+
+    @property
+    def last_step(self) -> int:
+        return self._last_step
+
+    def log_step(self, metrics: Mapping[str, Any], step: int) -> bool:
+        """Log the numeric ``metrics`` at ``step`` in one call; a step already logged is skipped.
+
+        A retried trial restarts from its checkpoint, which may be older than
+        the last step its failed attempt logged: those steps are not logged
+        twice. Returns whether anything was logged.
+        """
+        if step <= self._last_step:
+            return False
+        values = _numeric(metrics)
+        if not values:
+            return False
+        ts = _now_ms()
+        _log(self.client, self.run_id, metrics=[Metric(k, v, ts, step) for k, v in values.items()])
+        self._last_step = step
+        return True
+
+    def log_final(self, metrics: Mapping[str, Any]) -> None:
+        """The trial's result metrics; missing (None) or non-numeric ones are left out."""
+        values = _numeric(metrics)
+        self._final |= set(values)
+        ts = _now_ms()
+        _log(
+            self.client, self.run_id, metrics=[Metric(k, v, ts, 0) for k, v in values.items()],
+            tags=[RunTag(TAG_FINAL_METRICS, _truncate(",".join(sorted(self._final)), MAX_TAG_VALUE))],
+        )  # fmt: skip
+
+    def log_artifact(self, local_path: str | os.PathLike) -> None:
+        """Upload a file (or folder) at the artifact root: the compare page shows only root artifacts."""
+        self.client.log_artifact(self.run_id, os.fspath(local_path))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        _log(self.client, self.run_id, tags=[RunTag(k, v) for k, v in safe_tags(tags).items()])
+
+    def finish(self, status: str = FINISHED) -> None:
+        _check_status(status)
+        self.client.set_terminated(self.run_id, status)

@@ -1,0 +1,174 @@
+"""The Tune trainable: one attack trial (attack -> final tables -> metrics -> MLflow run).
+
+The trial keeps its own checkpoints in the store, under the attack's content key
+(``{store}/checkpoints/{attack_key}``), so a retry on another node, or a trial
+restarted by ``vizsweep resume``, continues from its last evaluation interval
+whoever restarts it; Tune's own checkpoint copy would write the same 100s of MB
+twice. The MLflow run is found again by the trial key and skips steps it has
+already logged. The α comes from the :mod:`orchestrator.alpha_scheduler`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray import tune
+
+from jobs.attack import run_attack
+from jobs.attack_state import ResumeError, find_checkpoint
+from jobs.metrics import run_metrics
+from orchestrator.alpha_scheduler import BOARD_NAMESPACE, board_name
+from orchestrator.plan import TrialPlan
+from orchestrator.tracking import TrialRun
+from shared import store
+
+METRIC_NAMES = ("clip_delta", "kendall_tau", "clip_w", "kendall_tau_w", "topk_overlap")
+STEP_METRICS = ("attack_loss", "maintain_loss", "alpha", "acc_drop", "epoch")
+DECISION_TIMEOUT_S = 600.0
+
+
+class BudgetStop(Exception):
+    """The controller stopped the trial: α at its floor and the accuracy drop still over the limit."""
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a sweep shares; handed over with ``tune.with_parameters`` so that
+    nothing here (S3 credentials included) is written into Tune's config files."""
+
+    sweep_id: str
+    store_uri: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    s3: Any = None
+    primary_split: str = "train"
+
+
+def checkpoints_uri(store_uri: str, attack_key: str) -> str:
+    return store.join(store_uri, "checkpoints", attack_key)
+
+
+def attack_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Tune function trainable; ``config["plan"]`` is a :class:`TrialPlan` as a dict."""
+    store.configure(ctx.s3)
+    plan = TrialPlan.from_dict(config["plan"])
+    spec = plan.attack_spec()
+    run = TrialRun.open(
+        ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, plan.trial_key, plan.run_name,
+        plan.params, {"vizsweep.sweep_id": ctx.sweep_id, "vizsweep.attack_key": plan.attack_key,
+                      "vizsweep.variant_key": plan.variant.get("key", "")},
+    )  # fmt: skip
+    ckdir = checkpoints_uri(ctx.store_uri, plan.attack_key)
+    board = ray.get_actor(board_name(ctx.sweep_id), namespace=BOARD_NAMESPACE)
+    resume = _existing(ckdir)
+
+    stash: dict[int, dict[str, float]] = {}
+
+    def report(m: dict[str, Any]) -> None:
+        step = int(m["step"])
+        values = {**{k: float(m[k]) for k in STEP_METRICS if k in m}, "eval_acc": float(m["acc"])}
+        if plan.alpha_controlled:
+            stash[step] = values  # logged with the controller's decision, in one MLflow call
+        else:
+            run.log_step(values, step)
+        tune.report(
+            {**{k: v for k, v in m.items() if isinstance(v, int | float) and not isinstance(v, bool)},
+             "phase": "attack", "alpha_controlled": plan.alpha_controlled}
+        )  # fmt: skip
+
+    replay = [resume is not None]  # only the first question after a restart may need a replay
+
+    def alpha_source(step: int, m: dict[str, Any]) -> float:
+        if replay[0]:
+            replay[0] = False
+            if ray.get(board.get.remote(plan.trial_key, step, 0.0)) is None:
+                report(m)  # restarted before the controller answered: show it that result again
+        d = ray.get(board.get.remote(plan.trial_key, step, DECISION_TIMEOUT_S))
+        if d is None:
+            raise TimeoutError(
+                f"no α decision for step {step} of trial {plan.run_name} in {DECISION_TIMEOUT_S} s"
+            )
+        run.log_step({**stash.pop(step, {}), "alpha_next": d["alpha"], "alpha_stop": float(d["stop"])}, step)
+        if d["stop"]:
+            raise BudgetStop(
+                f"α at its floor ({d['previous']:.2g}) and the accuracy drop {d['drop_pp']:.2f} pp still over "
+                f"the limit"
+            )
+        return float(d["alpha"])
+
+    try:
+        res = run_attack(
+            spec, ctx.store_uri, report=report, checkpoint_dir=ckdir, resume_from=resume,
+            alpha_source=alpha_source if plan.alpha_controlled else None,
+        )  # fmt: skip
+    except BudgetStop as e:
+        run.set_tags({"vizsweep.status": "stopped: accuracy budget", "vizsweep.stop_reason": str(e)})
+        run.finish("KILLED")
+        tune.report({"phase": "stopped", "stopped_budget": 1})
+        return
+    mres = run_metrics(plan.metrics_spec(), ctx.store_uri)
+    final = final_metrics(plan, res.history, mres, ctx.primary_split)
+    log_outputs(run, plan, res.model_uri, mres, ray.get(board.history.remote(plan.trial_key)))
+    run.log_final(final)
+    run.set_tags({"vizsweep.status": "done"})
+    run.finish("FINISHED")
+    tune.report({**final, "phase": "done", "done_trial": 1})
+
+
+def _existing(ckdir: str) -> str | None:
+    try:
+        find_checkpoint(ckdir)
+    except ResumeError:
+        return None
+    return ckdir
+
+
+def final_metrics(plan: TrialPlan, history: list[dict], mres, primary_split: str) -> dict[str, float]:
+    """The figures of Table 3.1 (layer means; for a multi-layer scope, their mean) plus every detail."""
+    flat = {k.replace("/", "."): float(v) for k, v in mres.flat().items() if v is not None}
+    out: dict[str, float] = {k: v for k, v in flat.items() if v == v}  # drop NaN
+    layers = plan.metrics["layers"]
+    for name in METRIC_NAMES:
+        vals = [
+            mres.per[(ly, primary_split)].means.get(name) for ly in layers if (ly, primary_split) in mres.per
+        ]
+        vals = [v for v in vals if v is not None and v == v]
+        if vals:
+            out[name] = float(sum(vals) / len(vals))
+    if history:
+        out["alpha_final"] = float(history[-1].get("alpha", 0.0))
+        out["steps"] = float(history[-1]["step"])
+    return out
+
+
+def log_outputs(
+    run: TrialRun, plan: TrialPlan, model_uri: str | None, mres, decisions: list | None = None
+) -> None:
+    """Pictures, per-unit tables and the α decisions at the run's artifact root (the compare page
+    shows only root artifacts)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if decisions:
+            path = os.path.join(tmp, "alpha_decisions.json")
+            with open(path, "w") as f:
+                json.dump(decisions, f, indent=1)
+            run.log_artifact(path)
+        for (layer, split), m in mres.per.items():
+            for src, name in ((m.picture_uri, "before_after.png"), (m.table_uri, "unit_metrics.parquet")):
+                if src is None:
+                    continue
+                path = os.path.join(tmp, f"{layer}_{split}_{name}")
+                with open(path, "wb") as f:
+                    f.write(store.read_bytes(src))
+                run.log_artifact(path)
+        pointer = os.path.join(tmp, "model.json")
+        with open(pointer, "w") as f:
+            json.dump(
+                {"model_uri": model_uri, "attack_key": plan.attack_key, "model": plan.params["model"]}, f
+            )
+        run.log_artifact(pointer)
