@@ -8,7 +8,7 @@ export RAY_BACKEND_LOG_LEVEL ?= fatal
 export RAY_USAGE_STATS_ENABLED ?= 0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install demo test test-fast bench lint clean browser
 
 install: $(STAMP)
 
@@ -21,8 +21,14 @@ $(STAMP): requirements.lock pyproject.toml
 demo: install
 	$(VENV)/bin/vizsweep demo
 
-test: install
+test: install browser
 	$(PY) -m pytest -q
+
+# The MLflow compare-page test drives a real headless browser (Debian's chromium).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$(command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver fonts-liberation >/dev/null; }
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
@@ -30,10 +36,11 @@ test-fast: install
 bench: install
 	$(PY) benchmarks/activations.py --quick
 	$(PY) benchmarks/kendall.py --quick
+	$(PY) benchmarks/attack_goals.py
 
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf vizsweep-data .pytest_cache
+	rm -rf vizsweep-store vizsweep-data .pytest_cache

@@ -78,9 +78,14 @@ class AlphaBoard:
 
 def get_or_create_board(sweep_id: str, folder: str) -> ray.actor.ActorHandle:
     """The sweep's board (created on first use; a resumed sweep's new board reloads from the store)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # On the driver's node: losing a worker node must not take the board with it.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     return AlphaBoard.options(
-        name=board_name(sweep_id), namespace=BOARD_NAMESPACE, get_if_exists=True, lifetime=None
-    ).remote(folder, store.current_s3())
+        name=board_name(sweep_id), namespace=BOARD_NAMESPACE, get_if_exists=True, lifetime=None,
+        scheduling_strategy=here,
+    ).remote(folder, store.current_s3())  # fmt: skip
 
 
 class AlphaScheduler(FIFOScheduler):

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-DEFAULT_STORE = os.environ.get("VIZSWEEP_STORE", "vizsweep-data")
+DEFAULT_STORE = os.environ.get("VIZSWEEP_STORE", "vizsweep-store")
 
 
 class UsageError(Exception):
@@ -52,10 +52,36 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--k", type=int, default=10, help="also compute top-k sets (0: skip)")
 
     d = sub.add_parser(
-        "demo", help="end to end: synthetic data -> pretrained model -> activation tables -> top-k grid"
+        "demo", help="the quickstart sweep end to end (synthetic data, alexnet_mini, 3 attacks x 2 layers)"
     )
-    d.add_argument("--store", default=DEFAULT_STORE)
-    d.add_argument("--layers", default="conv3,conv5")
+    d.add_argument("--spec", default=None, help="default: examples/quickstart.yaml")
+    d.add_argument("--tables-only", action="store_true",
+                   help="only data -> pretrained model -> activation tables -> top-k grid")  # fmt: skip
+    d.add_argument("--store", default=DEFAULT_STORE, help="with --tables-only")
+    d.add_argument("--layers", default="conv3,conv5", help="with --tables-only")
+
+
+def _add_sweeps(sub: argparse._SubParsersAction) -> None:
+    la = sub.add_parser(
+        "launch", help="run a sweep spec (validated first); a second launch reuses all it can"
+    )
+    la.add_argument("spec")
+    la.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: by resources)")
+    st = sub.add_parser("status", help="sweeps in the store (newest first), or one sweep's trials")
+    st.add_argument("sweep", nargs="?")
+    st.add_argument("--store", default=DEFAULT_STORE)
+    re_ = sub.add_parser("resume", help="finish the unfinished trials of a sweep (after a crash or kill)")
+    re_.add_argument("sweep")
+    re_.add_argument("--store", default=DEFAULT_STORE)
+    re_.add_argument("--max-concurrent", type=int, default=None)
+    rp = sub.add_parser("report", help="the thesis's Table 3.1 for a sweep, from MLflow")
+    rp.add_argument("sweep")
+    rp.add_argument("--store", default=DEFAULT_STORE)
+    rp.add_argument("--format", choices=("md", "csv", "json"), default="md")
+    ui = sub.add_parser("ui", help="MLflow UI on the sweep's tracking store (127.0.0.1)")
+    ui.add_argument("sweep")
+    ui.add_argument("--store", default=DEFAULT_STORE)
+    ui.add_argument("--port", type=int, default=5000)
 
 
 def _add_validate(sub: argparse._SubParsersAction) -> None:
@@ -69,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_jobs(sub)
     _add_validate(sub)
+    _add_sweeps(sub)
     return ap
 
 
@@ -84,9 +111,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "validate":
             return _cmd_validate(args)
         if args.cmd == "demo":
-            from orchestrator.demo import run_demo
+            from orchestrator.demo import run_demo, run_sweep_demo
 
-            return run_demo(args.store, [x.strip() for x in args.layers.split(",") if x.strip()])
+            if args.tables_only:
+                return run_demo(args.store, [x.strip() for x in args.layers.split(",") if x.strip()])
+            return run_sweep_demo(args.spec)
+        if args.cmd in ("launch", "status", "resume", "report", "ui"):
+            return _cmd_sweep(args)
     except UsageError as e:
         print(f"vizsweep: error: {e}", file=sys.stderr)
         return 2
@@ -95,6 +126,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vizsweep: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from orchestrator import commands
+
+    if args.cmd == "launch":
+        return commands.cmd_launch(args.spec, args.max_concurrent)
+    if args.cmd == "status":
+        return commands.cmd_status(args.store, args.sweep)
+    if args.cmd == "resume":
+        return commands.cmd_resume(args.store, args.sweep, args.max_concurrent)
+    if args.cmd == "report":
+        return commands.cmd_report(args.store, args.sweep, args.format)
+    return commands.cmd_ui(args.store, args.sweep, args.port)
 
 
 def _cmd_data(args: argparse.Namespace) -> int:

@@ -61,3 +61,15 @@ def run_demo(store_uri: str, layers: list[str], units: int = 8) -> int:
         print(f"      picture: {store.local_path(p) or p}")
     print(f"done in {time.time() - t0:.0f} s")
     return 0
+
+
+def run_sweep_demo(spec_path: str | None = None) -> int:
+    """``make demo``: the quickstart sweep on the embedded default (local Ray, store, MLflow)."""
+    import os
+
+    from orchestrator.commands import cmd_launch
+
+    if spec_path is None:
+        spec_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
+                                 "quickstart.yaml")  # fmt: skip
+    return cmd_launch(spec_path)

@@ -67,6 +67,7 @@ def attack_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     ckdir = checkpoints_uri(ctx.store_uri, plan.attack_key)
     board = ray.get_actor(board_name(ctx.sweep_id), namespace=BOARD_NAMESPACE)
     resume = _existing(ckdir)
+    _mark_attempt(run, resume)
 
     stash: dict[int, dict[str, float]] = {}
 
@@ -119,6 +120,26 @@ def attack_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     run.set_tags({"vizsweep.status": "done"})
     run.finish("FINISHED")
     tune.report({**final, "phase": "done", "done_trial": 1})
+
+
+def _mark_attempt(run: TrialRun, resume: str | None) -> None:
+    """Where and how often the trial ran, and from which step it continued (for users and tests)."""
+    tags = run.client.get_run(run.run_id).data.tags
+    attempts = int(tags.get("vizsweep.attempts", "0")) + 1
+    nodes = [n for n in tags.get("vizsweep.nodes", "").split(",") if n]
+    node = ray.get_runtime_context().get_node_id()
+    new = {"vizsweep.attempts": attempts, "vizsweep.node": node, "vizsweep.nodes": ",".join([*nodes, node])}
+    if resume is not None:
+        step = torch_load_step(resume)
+        new["vizsweep.resumed_from_step"] = step
+    run.set_tags(new)
+
+
+def torch_load_step(ckdir: str) -> int:
+    """The step of the newest checkpoint in ``ckdir`` (from its folder name: no need to load it)."""
+    path = find_checkpoint(ckdir)
+    folder = path.rsplit("/", 2)[-2]
+    return int(folder.split("-")[-1])
 
 
 def _existing(ckdir: str) -> str | None:
