@@ -67,9 +67,12 @@ def launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None)
     bars: list[Bar] = []
 
     def bar(name: str) -> Bar | None:
+        """One bar per driver stage; the previous stage's bar is finished first (no nesting)."""
         if quiet:
             return None
-        b = Bar(name)
+        for b in bars:
+            b.close()
+        b = Bar(name, unit="img" if "data" in name else "epoch")
         bars.append(b)
         return b
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,12 +91,15 @@ def attack_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             replay[0] = False
             if ray.get(board.get.remote(plan.trial_key, step, 0.0)) is None:
                 report(m)  # restarted before the controller answered: show it that result again
+        t = time.perf_counter()
         d = ray.get(board.get.remote(plan.trial_key, step, DECISION_TIMEOUT_S))
+        waited = time.perf_counter() - t  # the cost of one α change, as the trial sees it
         if d is None:
             raise TimeoutError(
                 f"no α decision for step {step} of trial {plan.run_name} in {DECISION_TIMEOUT_S} s"
             )
-        run.log_step({**stash.pop(step, {}), "alpha_next": d["alpha"], "alpha_stop": float(d["stop"])}, step)
+        run.log_step({**stash.pop(step, {}), "alpha_next": d["alpha"], "alpha_stop": float(d["stop"]),
+                      "alpha_wait_s": waited}, step)  # fmt: skip
         if d["stop"]:
             raise BudgetStop(
                 f"α at its floor ({d['previous']:.2g}) and the accuracy drop {d['drop_pp']:.2f} pp still over "

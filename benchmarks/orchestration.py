@@ -1,0 +1,153 @@
+"""What the orchestration costs: one attack run directly vs as a Tune trial with MLflow logging,
+the cost of one α change, and the makespan of 16 equal trials on a simulated 4-node cluster.
+
+1. overhead: the same attack + metrics on the same prepared store, called directly (the α
+   rule in the loop) and as a Ray Tune trial (α from the scheduler, every step and the
+   outputs logged to MLflow). Both start from the same committed initial tables.
+2. α change: the time a trial waits for the controller's decision after each report
+   (the ``alpha_wait_s`` step metric of the Tune run), mean and worst.
+3. makespan: ``ray.cluster_utils.Cluster`` with 4 nodes of 1 fake GPU each, 16 trials of
+   equal length through the same Tune setup (AlphaScheduler, 1 GPU per trial), vs 4 waves.
+
+Last line: one JSON object. ``--quick`` shortens the attack and the simulated trials.
+
+    python benchmarks/orchestration.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def sweep_dict(root: str, quick: bool) -> dict:
+    return {
+        "name": "bench",
+        "store": os.path.join(root, "store0"),
+        "dataset": {"uri": os.path.join(root, "data"),
+                    "synth": {"classes": 16, "train_per_class": 40 if quick else 100, "val_per_class": 10}},
+        "models": [{"name": "alexnet_mini", "weights": "pretrain"}],
+        "layers": ["conv5"],
+        "attacks": [{"name": "push-down"}],
+        "training": {"batch_size": 32, "epochs": 1 if quick else 2, "evals_per_epoch": 10, "eval_images": 128,
+                     "k": 5},
+        "metrics": {"embedder": "reference", "k": 5, "tau_images": 160, "picture_units": 2},
+    }  # fmt: skip
+
+
+def overhead(root: str, quick: bool) -> dict:
+    from jobs.attack import run_attack
+    from jobs.metrics import run_metrics
+    from jobs.raysetup import ensure_ray
+    from orchestrator.plan import plan_trials, prepare
+    from orchestrator.spec import load_spec
+    from orchestrator.sweep import initial_tables, run_trials
+    from orchestrator.tracking import SweepTracker, client, find_child_runs
+
+    spec = load_spec(sweep_dict(root, quick))
+    ensure_ray()
+    prep = prepare(spec)
+    initial_tables(spec, prep)
+    stores = {}
+    for side in ("direct", "tune"):  # identical prepared stores, so neither side reuses the other's work
+        stores[side] = os.path.join(root, f"store-{side}")
+        shutil.copytree(spec.store, stores[side], ignore=shutil.ignore_patterns("mlflow.db", "sweeps"))
+
+    from dataclasses import replace
+
+    (plan,) = plan_trials(replace(spec, store=stores["direct"]), prep)
+    t = time.perf_counter()
+    run_attack(plan.attack_spec(), stores["direct"])
+    run_metrics(plan.metrics_spec(), stores["direct"])
+    direct = time.perf_counter() - t
+
+    tspec = replace(spec, store=stores["tune"], tracking_uri=f"sqlite:///{root}/bench-mlflow.db")
+    (plan,) = plan_trials(tspec, prep)
+    tracker = SweepTracker(tspec.tracking_uri, "bench")
+    parent = tracker.parent("bench", {}, {})
+    from orchestrator.progress import SweepProgress
+
+    progress = SweepProgress(1, 0, os.path.join(stores["tune"], "sweeps", "bench"), quiet=True)
+    t = time.perf_counter()
+    failed, _ = run_trials(
+        tspec, "bench", [plan], tspec.tracking_uri, tracker.experiment_id, parent, progress, 1
+    )
+    tuned = time.perf_counter() - t
+    progress.close()
+    assert not failed, failed
+    (run,) = find_child_runs(tspec.tracking_uri, "bench")
+    waits = [m.value for m in client(tspec.tracking_uri).get_metric_history(run.info.run_id, "alpha_wait_s")]
+    return {"direct_s": round(direct, 2), "tune_s": round(tuned, 2), "overhead_ratio": round(tuned / direct, 3),
+            "alpha_changes": len(waits), "alpha_change_mean_s": round(sum(waits) / len(waits), 4),
+            "alpha_change_max_s": round(max(waits), 4)}  # fmt: skip
+
+
+def equal_trial(config: dict) -> None:
+    from ray import tune
+
+    for i in range(config["reports"]):
+        time.sleep(config["seconds"] / config["reports"])  # stands for GPU work of a fixed length
+        tune.report({"step": i + 1})
+
+
+def makespan(quick: bool) -> dict:
+    import ray
+    from ray import tune
+    from ray.cluster_utils import Cluster
+
+    from orchestrator.alpha_scheduler import AlphaScheduler
+
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    for _ in range(4):
+        cluster.add_node(num_cpus=1, num_gpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+    seconds = 4.0 if quick else 10.0
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            tuner = tune.Tuner(
+                tune.with_resources(equal_trial, {"cpu": 0.5, "gpu": 1}),
+                param_space={"seconds": seconds, "reports": 4, "i": tune.grid_search(list(range(16)))},
+                tune_config=tune.TuneConfig(scheduler=AlphaScheduler("makespan"), reuse_actors=False),
+                run_config=tune.RunConfig(storage_path=tmp, name="makespan", verbose=0),
+            )
+            t = time.perf_counter()
+            grid = tuner.fit()
+            took = time.perf_counter() - t
+            assert not grid.errors
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    ideal = 16 / 4 * seconds
+    return {"makespan_s": round(took, 2), "ideal_s": ideal, "makespan_ratio": round(took / ideal, 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    from jobs.raysetup import quiet_ray_env
+
+    quiet_ray_env()
+    root = tempfile.mkdtemp(prefix="vz-orch-")
+    o = overhead(root, args.quick)
+    print(f"attack run: direct {o['direct_s']} s, as a Tune trial with MLflow {o['tune_s']} s "
+          f"(ratio {o['overhead_ratio']}); α change: mean {o['alpha_change_mean_s']} s, "
+          f"worst {o['alpha_change_max_s']} s over {o['alpha_changes']}", flush=True)  # fmt: skip
+    m = makespan(args.quick)
+    print(f"16 equal trials on 4 fake-GPU nodes: {m['makespan_s']} s vs ideal {m['ideal_s']} s "
+          f"(ratio {m['makespan_ratio']})", flush=True)  # fmt: skip
+    print(json.dumps({"benchmark": "orchestration", "ours": o["tune_s"], "baseline": o["direct_s"], "unit": "s",
+                      "ratio": o["overhead_ratio"], **o, **m, "quick": args.quick}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
