@@ -30,6 +30,19 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     i = dsub.add_parser("index", help="build the image_id -> shard/row index of a split")
     i.add_argument("dataset")
     i.add_argument("--split", default="val")
+    im = dsub.add_parser(
+        "import-imagenet", help="convert an ILSVRC-2012 tree (train/<wnid>/*.JPEG, val/) into Parquet shards"
+    )
+    im.add_argument("src", help="ILSVRC root holding train/ and val/ (path, file:// or s3://)")
+    im.add_argument("dest", help="dataset root to write (path, file:// or s3://); a rerun resumes")
+    im.add_argument("--split", choices=("train", "val", "both"), default="both")
+    im.add_argument("--val-labels", default=None,
+                    help="labels of a flat val/: 'filename wnid' lines, or the devkit's "
+                         "ILSVRC2012_validation_ground_truth.txt (with --synsets)")  # fmt: skip
+    im.add_argument("--synsets", default=None,
+                    help="the devkit's data/meta.mat: maps ground-truth ILSVRC2012_IDs to wnids "
+                         "(default: meta.mat beside --val-labels)")  # fmt: skip
+    im.add_argument("--shard-size", type=int, default=1000, help="images per Parquet shard")
 
 
 def _add_jobs(sub: argparse._SubParsersAction) -> None:
@@ -158,6 +171,15 @@ def _cmd_data(args: argparse.Namespace) -> int:
         from shared.image_index import build_index
 
         print(build_index(args.dataset, args.split))
+    elif args.data_cmd == "import-imagenet":
+        from shared.imagenet_import import import_imagenet
+
+        with Bar("import-imagenet") as bar:
+            res = import_imagenet(
+                args.src, args.dest, split=args.split, val_labels=args.val_labels, synsets=args.synsets,
+                shard_size=args.shard_size, progress=bar,
+            )  # fmt: skip
+        print(json.dumps(res.summary()))
     return 0
 
 

@@ -22,10 +22,9 @@ def list_sweeps(store_uri: str) -> list[dict[str, Any]]:
     if not store.exists(root):
         return []
     out = []
-    for d in store.listdir(root):
-        uri = store.join(d, "status.json")
-        if store.exists(uri):
-            out.append({"dir": d, **store.read_json(uri)})
+    for f in store.listdir(root, recursive=True):
+        if f.endswith("/status.json") and f.count("/") == store.normalize(root).count("/") + 2:
+            out.append({"dir": f.rsplit("/", 1)[0], **store.read_json(f)})
     return sorted(out, key=lambda s: s.get("started", 0), reverse=True)
 
 
