@@ -1,0 +1,285 @@
+"""The pruning job (SCIENCE.md §4): prune a base model, fine-tune it, report its accuracy.
+
+Output: ``{store}/models/{key}/model.pt`` (a ``vizsweep-model-v1`` checkpoint whose meta holds
+the index map of structured methods), ``index_map.json`` (structured methods) and, last,
+``_MANIFEST.json`` with weight_pruning_rate, filter_pruning_rate and fine_tuned_acc. A run
+whose manifest exists is reused, not redone. Method ``none`` returns the base untouched.
+
+- norm: global L1 threshold, masks fixed while fine-tuning, folded in before saving (the
+  checkpoint is a plain state_dict and loads with ``build_model`` as well).
+- group: ``sparse_epochs`` of Torch-Pruning group-sparse training, then structured removal
+  at ``rate`` per layer, then fine-tuning.
+- vulnerability: remove ``units`` of ``layer`` (ranked by ``shared.pruning.rank_by_clip_delta``
+  in the orchestrator), then fine-tune.
+Structured checkpoints change the architecture: load them with :func:`load_pruned`.
+Fine-tuning follows the thesis: Adam at ``lr`` (1e-5), x0.1 from ``lr_drop_at`` of the steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jobs.pretrain import _batch, _load_uint8
+from shared import store
+from shared.dataset_meta import dataset_id
+from shared.device import pick_device
+from shared.models import model_info, save_checkpoint
+from shared.models.zoo import build_model
+from shared.progress import Progress, no_progress
+from shared.pruning import (
+    check_method,
+    check_priority,
+    check_rate,
+    conv_for,
+    filter_sparsity,
+    group_prune,
+    load_pruned,
+    make_permanent,
+    norm_prune,
+    sparsity_regularizer,
+    vulnerability_prune,
+    weight_pruning_rate,
+)
+
+__all__ = ["CODE_VERSION", "PruneResult", "PruneSpec", "load_pruned", "run_prune"]
+
+CODE_VERSION = "prune-v1"  # bump when pruning or fine-tuning changes what a spec produces
+EXECUTION_ONLY = ("device",)  # settings that do not change the result: kept out of the key
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """Everything that determines a pruned + fine-tuned model (all but EXECUTION_ONLY is in its key)."""
+
+    dataset: str  # dataset root URI (the base model's training data)
+    model: str  # registered model name, e.g. "alexnet_mini"
+    weights: str  # base checkpoint URI or torchvision weights name
+    base_key: str  # content key of the base model
+    method: str  # none | norm | group | vulnerability
+    rate: float  # norm: share of weights; group: share of units per layer; vulnerability: len(units) / J
+    priority: str = "filter"  # group only: "filter" removes conv filters, "weight" fully connected neurons
+    units: tuple[int, ...] = ()  # vulnerability only: unit indices of `layer` to remove
+    layer: str = "conv5"  # vulnerability only: alias or module path whose units are removed
+    epochs: int = 1  # fine-tuning passes over the train split (thesis: 20)
+    lr: float = 1e-5  # Adam learning rate (thesis: 1e-5, then 1e-6 after half the epochs)
+    lr_drop_at: float = 0.5  # fraction of the fine-tuning steps after which lr is x0.1
+    sparse_epochs: int = 1  # group only: epochs of group-sparse training before the removal
+    sparse_reg: float = 1e-4  # group only: coefficient of Torch-Pruning's group-norm regulariser
+    batch_size: int = 64  # images per optimizer step
+    seed: int = 0  # shuffling, augmentation, dropout
+    train_split: str = "train"  # split that is fine-tuned on
+    val_split: str = "val"  # split whose top-1 is reported as fine_tuned_acc
+    layout: str | None = None  # dataset layout; None = detect
+    device: str = field(default="auto", compare=False)  # "auto": CUDA when present, else CPU
+
+    def __post_init__(self) -> None:
+        model_info(self.model)  # unknown names fail here, listing the valid ones
+        check_method(self.method, "PruneSpec.method")
+        check_priority(self.priority, "PruneSpec.priority")
+        object.__setattr__(self, "units", tuple(self.units))
+        if self.method == "none":
+            if self.rate != 0 or self.units:
+                raise ValueError(
+                    f"PruneSpec.rate={self.rate!r}, units={self.units!r}: method 'none' prunes nothing, "
+                    "so rate must be 0.0 and units empty"
+                )
+        else:
+            check_rate(self.rate, "PruneSpec.rate")
+        if self.method == "vulnerability":
+            if not self.units or any(
+                isinstance(u, bool) or not isinstance(u, int) or u < 0 for u in self.units
+            ):
+                raise ValueError(
+                    f"PruneSpec.units={self.units!r}: method 'vulnerability' needs unit indices >= 0 "
+                    "(shared.pruning.rank_by_clip_delta of an earlier push-down run)"
+                )
+            if len(set(self.units)) != len(self.units):
+                raise ValueError(f"PruneSpec.units={self.units!r}: unit indices must be distinct")
+        elif self.units:
+            raise ValueError(f"PruneSpec.units={self.units!r}: only method 'vulnerability' takes units")
+        for name, low in (("epochs", 1), ("batch_size", 1), ("sparse_epochs", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"PruneSpec.{name}={value!r}: must be an integer >= {low}")
+        if not self.lr > 0:
+            raise ValueError(f"PruneSpec.lr={self.lr!r}: must be > 0")
+        if not self.sparse_reg >= 0:
+            raise ValueError(f"PruneSpec.sparse_reg={self.sparse_reg!r}: must be >= 0")
+        if not 0.0 <= self.lr_drop_at <= 1.0:
+            raise ValueError(f"PruneSpec.lr_drop_at={self.lr_drop_at!r}: must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    model_uri: str  # checkpoint URI (structured: load with load_pruned); the base's for method "none"
+    key: str  # content key of the pruned model (base_key for method "none")
+    weight_rate: float  # weight pruning rate: share of the base's conv+linear weights removed or zero
+    filter_rate: float  # filter pruning rate: share of the base's conv filters removed (or all-zero)
+    acc: float | None  # fine-tuned top-1 on spec.val_split in [0, 1]; None for "none" (not measured)
+    reused: bool  # True when nothing was computed (finished run found, or method "none")
+    index_map_uri: str | None  # index_map.json for structured methods, else None
+
+
+def prune_key(spec: PruneSpec) -> str:
+    fields = {k: v for k, v in asdict(spec).items() if k not in EXECUTION_ONLY}
+    return store.content_key(fields, dataset_id(spec.dataset), CODE_VERSION)
+
+
+def run_prune(spec: PruneSpec, store_uri: str, progress: Progress = no_progress) -> PruneResult:
+    """Prune ``spec.weights`` by ``spec.method``, fine-tune, commit (or reuse a finished run)."""
+    if spec.method == "none":
+        return PruneResult(spec.weights, spec.base_key, 0.0, 0.0, None, True, None)
+    t0 = time.time()
+    key = prune_key(spec)
+    out = store.join(store_uri, "models", key)
+    model_uri = store.join(out, "model.pt")
+    done = store.read_manifest(out)
+    if done is not None:
+        imap = store.join(out, "index_map.json") if "index_map.json" in done["files"] else None
+        return PruneResult(
+            model_uri, key, done["weight_pruning_rate"], done["filter_pruning_rate"],
+            done["fine_tuned_acc"], True, imap,
+        )  # fmt: skip
+
+    device = pick_device(spec.device)
+    info = model_info(spec.model)
+    base, meta = build_model(spec.model, weights=spec.weights)
+    train = _load_uint8(spec, spec.train_split)[:2]
+    val = _load_uint8(spec, spec.val_split)[:2]
+    torch.manual_seed(spec.seed)  # dropout
+    model = copy.deepcopy(base).to(device)
+    example = torch.zeros(1, 3, info.preprocess.crop, info.preprocess.crop, device=device)
+    history: list[dict] = []
+    index_map = None
+    if spec.method == "norm":
+        norm_prune(model, spec.rate)
+    elif spec.method == "group":
+        if spec.sparse_epochs:
+            reg = sparsity_regularizer(model, example, spec.priority, [info.head], spec.sparse_reg)
+            history += _fit(model, spec, train, device, spec.sparse_epochs, "sparse", progress, reg)
+        model, index_map = group_prune(model, spec.rate, example, spec.priority, protect=[info.head])
+    else:
+        index_map = _vulnerability(model, spec, info, example)
+    history += _fit(model, spec, train, device, spec.epochs, "fine-tune", progress)
+    make_permanent(model)
+    acc = _accuracy(model, val, spec, device)  # leaves the model on the CPU, next to the base
+    rates = {
+        "weight_pruning_rate": weight_pruning_rate(base, model),
+        "filter_pruning_rate": filter_sparsity(base, model),
+        "fine_tuned_acc": acc,
+    }
+    record = {
+        "kind": "pruned-model",
+        "key": key,
+        "model": spec.model,
+        "method": spec.method,
+        "rate": spec.rate,
+        "base_key": spec.base_key,
+        "spec": asdict(spec),
+        "code_version": CODE_VERSION,
+        **rates,
+    }
+    model = model.to(memory_format=torch.contiguous_format)
+    save_checkpoint(
+        model, spec.model, model_uri, {"classes": meta.get("classes"), "index_map": index_map, **record}
+    )
+    files = ["model.pt"]
+    if index_map is not None:
+        store.write_json(store.join(out, "index_map.json"), index_map)
+        files.append("index_map.json")
+    num_classes = model.get_submodule(info.head).out_features
+    store.write_manifest(
+        out,
+        {
+            **record,
+            "num_classes": num_classes,
+            "classes": meta.get("classes"),
+            "files": files,
+            "history": history,
+            "seconds": time.time() - t0,
+        },
+    )
+    imap = store.join(out, "index_map.json") if index_map is not None else None
+    return PruneResult(
+        model_uri, key, rates["weight_pruning_rate"], rates["filter_pruning_rate"], acc, False, imap
+    )
+
+
+def _vulnerability(model: nn.Module, spec: PruneSpec, info, example: torch.Tensor) -> dict[str, list[int]]:
+    conv = conv_for(model, info.resolve_layer(spec.layer, model))
+    j = model.get_submodule(conv).out_channels
+    if len(spec.units) != round(spec.rate * j):
+        raise ValueError(
+            f"PruneSpec.rate={spec.rate!r} with {len(spec.units)} units: {spec.layer} ({conv}) has {j} units, "
+            f"so rate must be len(units) / {j} = {len(spec.units) / j:.6g}"
+        )
+    return vulnerability_prune(model, conv, spec.units, example)[1]
+
+
+def _fit(
+    model: nn.Module,
+    spec: PruneSpec,
+    train: tuple[torch.Tensor, torch.Tensor],
+    device: torch.device,
+    epochs: int,
+    phase: str,
+    progress: Progress,
+    after_backward: Callable[[], None] | None = None,
+) -> list[dict]:
+    """Cross-entropy training with Adam; ``lr`` x0.1 from ``lr_drop_at`` of the steps (fine-tune phase)."""
+    pre = model_info(spec.model).preprocess
+    model.to(memory_format=torch.channels_last)  # oneDNN's preferred layout (see jobs.pretrain)
+    x_all, y_all = (t.to(device) for t in train)
+    mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
+    gen = torch.Generator().manual_seed(spec.seed)
+    n = len(x_all)
+    steps = math.ceil(n / spec.batch_size)
+    opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    drop_at = spec.lr_drop_at * epochs * steps if phase == "fine-tune" else math.inf
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.1 if step >= drop_at else 1.0)
+    history = []
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(n, generator=gen).to(device)
+        total = 0.0
+        for s in range(steps):
+            idx = perm[s * spec.batch_size : (s + 1) * spec.batch_size]
+            loss = F.cross_entropy(model(_batch(x_all[idx], pre.crop, mean, std, gen)), y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if after_backward is not None:
+                after_backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        history.append(
+            {"phase": phase, "epoch": epoch + 1, "loss": total / n, "lr": opt.param_groups[0]["lr"]}
+        )
+        progress(epoch + 1, epochs, phase=phase, loss=history[-1]["loss"])
+    return history
+
+
+@torch.no_grad()
+def _accuracy(
+    model: nn.Module, val: tuple[torch.Tensor, torch.Tensor], spec: PruneSpec, device: torch.device
+) -> float:
+    pre = model_info(spec.model).preprocess
+    model.to(device).eval()
+    mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
+    x, y = (t.to(device) for t in val)
+    correct = 0
+    for i in range(0, len(x), 256):
+        logits = model(_batch(x[i : i + 256], pre.crop, mean, std, None))
+        correct += int((logits.argmax(1) == y[i : i + 256]).sum())
+    model.cpu()
+    return correct / len(x)
