@@ -64,6 +64,8 @@ def _run(spec, max_concurrent: int | None) -> int:
     res = launch(spec, max_concurrent=max_concurrent)
     rows = report_rows(res.tracking_uri, res.sweep_id)
     print(render(rows, "md", sweep=res.sweep_id))
+    for path in report_figures(spec.store, res.sweep_id, res.tracking_uri, rows):
+        print(f"figure: {path}")
     print(
         f"\nsweep {res.sweep_id}: {res.trials} trials, {res.trained} run now, {res.reused} reused from the store, "
         f"{len(res.failed)} failed, {len(res.stopped)} stopped by the α controller, {res.seconds:.0f} s"
@@ -72,6 +74,27 @@ def _run(spec, max_concurrent: int | None) -> int:
         print(f"failed: {', '.join(res.failed)}; finish them with: vizsweep resume {res.sweep_id}")
     print(f"compare the runs in MLflow: vizsweep ui {res.sweep_id} --store {_shown_store(spec.store)}")
     return 1 if res.failed else 0
+
+
+def report_figures(store_uri: str, sweep_id: str, tracking_uri: str, rows: list[dict]) -> list[str]:
+    """The pruning figures (Figs. 4.1–4.4) in the sweep's folder, also logged to its parent run."""
+    import tempfile
+
+    from orchestrator.report_plots import pruning_plots
+    from orchestrator.tracking import client, find_parent_run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = pruning_plots(rows, tmp)
+        out = []
+        parent = find_parent_run(tracking_uri, sweep_id) if paths else None
+        for p in paths:
+            dest = store.join(store_uri, "sweeps", sweep_id, "report", os.path.basename(p))
+            with open(p, "rb") as f:
+                store.write_bytes(dest, f.read())
+            if parent is not None:
+                client(tracking_uri).log_artifact(parent.info.run_id, p)
+            out.append(store.local_path(dest) or dest)
+    return out
 
 
 def _shown_store(uri: str) -> str:
@@ -155,6 +178,9 @@ def cmd_report(store_uri: str, sweep_id: str, fmt: str) -> int:
     status = store.read_json(store.join(d, "status.json"))
     rows = report_rows(status["tracking_uri"], sweep_id)
     print(render(rows, fmt, sweep=sweep_id))
+    if fmt == "md":
+        for path in report_figures(_store_of(d), sweep_id, status["tracking_uri"], rows):
+            print(f"figure: {path}")
     return 0
 
 

@@ -27,7 +27,10 @@ class Variant:
     key: str  # content key: the tables of θ0 live under model={key}
     base: str  # the base model's key (== key when not pruned)
     prune_method: str = "none"
-    prune_rate: float = 0.0
+    prune_rate: float = 0.0  # the requested rate (vulnerability: the number of units removed)
+    weight_pruning_rate: float | None = None  # measured, recorded with the variant
+    filter_pruning_rate: float | None = None
+    fine_tuned_acc: float | None = None  # val top-1 after pruning + fine-tuning, in [0, 1]
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,6 @@ def _model_key(model: str, weights: str) -> str:
 
 def prepare(spec: Any, progress_for=None) -> Prepared:
     """Driver-side stages: synthetic data if asked for and missing, pretrained bases, the reference encoder."""
-    from jobs.pretrain import PretrainSpec, run_pretrain
     from jobs.reference_encoder import train_reference_encoder
     from shared.dataset_meta import dataset_id
     from shared.synth import generate
@@ -104,33 +106,88 @@ def prepare(spec: Any, progress_for=None) -> Prepared:
     bar = progress_for or (lambda name: None)
     ds = spec.dataset
     if ds.synth is not None and not store.exists(store.join(ds.uri, "_MANIFEST.json")):
-        generate(
-            ds.uri,
-            **(dataclasses.asdict(ds.synth) if dataclasses.is_dataclass(ds.synth) else dict(ds.synth)),
-            progress=bar("synthetic data") or _noop,
-        )
-    variants = []
+        generate(ds.uri, **dataclasses.asdict(ds.synth), progress=bar("synthetic data") or _noop)
+    todo: list[tuple[Variant, Any]] = []
     for m in spec.models:
-        if m.weights == "pretrain":
-            res = run_pretrain(
-                PretrainSpec(
-                    dataset=ds.uri, model=m.name, train_split=ds.train_split, val_split=ds.val_split
-                ),
-                spec.store,
-                progress=bar(f"pretrain {m.name}") or _noop,
-            )
-            weights, key = res.model_uri, res.key
-        else:
-            weights, key = m.weights, _model_key(m.name, m.weights)
-        for p in spec.pruning:
-            if p.method != "none":
-                raise NotImplementedError(f"pruning method {p.method!r} is not available yet")
-            variants.append(Variant(m.name, weights, key, key))
+        base = _base_of(spec, m, bar)
+        todo.extend((base, p) for p in spec.pruning)
     embedder = spec.metrics.embedder
     if embedder == "reference":
         uri = train_reference_encoder(ds.uri, spec.store, progress=bar("reference encoder") or _noop)
         embedder = f"reference:{uri}"
-    return Prepared(ds.uri, dataset_id(ds.uri), tuple(variants), embedder)
+    prep = Prepared(ds.uri, dataset_id(ds.uri), (), embedder)
+    variants = tuple(base if p.method == "none" else pruned_variant(spec, prep, base, p, bar) for base, p in todo)
+    return dataclasses.replace(prep, variants=variants)
+
+
+def _base_of(spec: Any, m: Any, bar) -> Variant:
+    """The unpruned variant of model entry ``m``: the project's pretraining (reused when stored) or
+    the weights the spec names."""
+    from jobs.pretrain import PretrainSpec, run_pretrain
+
+    ds = spec.dataset
+    if m.weights == "pretrain":
+        res = run_pretrain(
+            PretrainSpec(dataset=ds.uri, model=m.name, train_split=ds.train_split, val_split=ds.val_split),
+            spec.store,
+            progress=bar(f"pretrain {m.name}") or _noop,
+        )
+        return Variant(m.name, res.model_uri, res.key, res.key)
+    key = _model_key(m.name, m.weights)
+    return Variant(m.name, m.weights, key, key)
+
+
+def pruned_variant(spec: Any, prep: Prepared, base: Variant, p: Any, bar) -> Variant:
+    """Phase 1 (SCIENCE.md §4): prune + fine-tune ``base``; stored once under its key, reused by
+    every attack on it. Vulnerability pruning first needs the units' CLIP-δ from a push-down run
+    of the base model on ``p.layer``: that run is planned and run here (reused when stored)."""
+    from jobs.prune import PruneSpec, run_prune
+    from jobs.raysetup import ensure_ray
+
+    units: tuple[int, ...] = ()
+    rate = p.rate
+    if p.method == "vulnerability":
+        ensure_ray(spec.ray_address)
+        units, rate = vulnerable_units(spec, prep, base, p)
+    ps = PruneSpec(
+        dataset=prep.dataset, model=base.model, weights=base.weights, base_key=base.key, method=p.method,
+        rate=rate, priority=p.priority, units=units, layer=p.layer, epochs=p.epochs, lr=p.lr,
+        sparse_epochs=p.sparse_epochs, train_split=spec.dataset.train_split, val_split=spec.dataset.val_split,
+    )  # fmt: skip
+    res = run_prune(ps, spec.store, progress=bar(f"prune {p.method} {rate:g}") or _noop)
+    label = p.rate if p.method != "vulnerability" else float(p.count)
+    return Variant(base.model, res.model_uri, res.key, base.key, p.method, label, res.weight_rate,
+                   res.filter_rate, res.acc)  # fmt: skip
+
+
+def vulnerable_units(spec: Any, prep: Prepared, base: Variant, p: Any) -> tuple[tuple[int, ...], float]:
+    """The ``p.count`` units of ``p.layer`` with the highest CLIP-δ under push-down, and their share."""
+    from jobs.attack import run_attack
+    from jobs.metrics import read_unit_metrics, run_metrics
+    from orchestrator.sweep import initial_tables_for
+    from shared.pruning import rank_by_clip_delta
+
+    initial_tables_for(spec, prep.dataset, base, (p.layer,))
+    attack = next(a for a in spec.attacks if a.name == "push-down") if any(
+        a.name == "push-down" for a in spec.attacks
+    ) else _PushDown()
+    plan = _plan(spec, prep, base, attack, (p.layer,), spec.seeds[0], spec.training, _alpha_dict(spec))
+    run_attack(plan.attack_spec(), spec.store)
+    mres = run_metrics(plan.metrics_spec(), spec.store)
+    table = read_unit_metrics(mres.per[(p.layer, spec.dataset.train_split)].uri)
+    units = rank_by_clip_delta(table, p.count)
+    return tuple(int(u) for u in units), p.count / table.num_rows
+
+
+@dataclass(frozen=True)
+class _PushDown:
+    name: str = "push-down"
+    scope: str = "layer"
+    units: Any = None
+
+
+def _alpha_dict(spec: Any) -> dict[str, Any]:
+    return dataclasses.asdict(spec.alpha) if dataclasses.is_dataclass(spec.alpha) else dict(spec.alpha)
 
 
 def _noop(*a: Any, **k: Any) -> None:
@@ -189,6 +246,8 @@ def _plan(spec, prep: Prepared, v: Variant, a, layers: tuple[str, ...], seed: in
         "lr": t.lr, "epochs": t.epochs, "batch_size": t.batch_size, "max_steps": t.max_steps,
         "scale": t.scale, "k": t.k, "alpha": alpha, "embedder": prep.embedder,
         "variant_key": v.key, "attack_key": akey, "trial_key": trial_key,
+        "weight_pruning_rate": v.weight_pruning_rate, "filter_pruning_rate": v.filter_pruning_rate,
+        "fine_tuned_acc": v.fine_tuned_acc,
     }  # fmt: skip
     return TrialPlan(
         trial_key=trial_key, run_name=run_name, attack=_jsonable(attack_d), metrics=_jsonable(metrics_d),

@@ -46,7 +46,7 @@ from shared.registry import RegistryError
 from shared.synth import class_names
 
 SCOPES = ("layer", "unit", "layers")  # one layer per trial | chosen units per trial | all layers in one trial
-PRUNING_METHODS = ("none",)  # more arrive with the pruners
+PRUNING_METHODS = ("none", "norm", "group", "vulnerability")  # SCIENCE.md §4
 PRETRAIN = "pretrain"  # weights: train the model with the project's pretrain job
 REFERENCE_EMBEDDER = "reference"  # embedder: the offline reference encoder the launcher trains
 NAME_PATTERN = r"[A-Za-z0-9_.-]+"  # MLflow experiment names and sweep ids stay safe in paths and URLs
@@ -129,12 +129,22 @@ class ModelSpec:
 class PruningSpec:
     """A pruning defense applied to the base model before it is attacked."""
 
-    method: str = _opt("none", choices=PRUNING_METHODS)  # registered pruner
-    rate: float = _opt(0.0, ge=0.0, lt=1.0)  # fraction of units removed
+    method: str = _opt("none", choices=PRUNING_METHODS)  # none | norm | group | vulnerability
+    rate: float = _opt(0.0, ge=0.0, lt=1.0)  # norm: share of weights; group: share of units per layer
+    priority: str = _opt("filter", choices=("filter", "weight"))  # group: conv filters or FC neurons
+    count: int = _opt(0, ge=0)  # vulnerability: units removed (the top CLIP-δ of a push-down run)
+    layer: str = "conv5"  # vulnerability: the layer whose units are ranked and removed
+    epochs: int = _opt(1, ge=1)  # fine-tuning passes after pruning (thesis: 20)
+    lr: float = _opt(1e-5, gt=0)  # Adam; x0.1 from half-way (thesis: 1e-5 then 1e-6)
+    sparse_epochs: int = _opt(1, ge=1)  # group: group-sparse training before the removal
 
     def __post_init__(self) -> None:
-        if self.method == "none" and self.rate != 0:
+        if self.method == "none" and (self.rate != 0 or self.count):
             raise _Invalid([("rate", f"method 'none' prunes nothing, so rate must be 0.0, not {self.rate}")])
+        if self.method in ("norm", "group") and not self.rate > 0:
+            raise _Invalid([("rate", f"method {self.method!r} needs a rate in (0, 1), e.g. 0.5")])
+        if self.method == "vulnerability" and (self.count < 1 or self.rate):
+            raise _Invalid([("count", "method 'vulnerability' needs count >= 1 (units to remove) and no rate")])
 
 
 @dataclass(frozen=True, kw_only=True)

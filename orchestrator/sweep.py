@@ -116,16 +116,22 @@ def launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None)
 
 def initial_tables(spec: Any, prep, progress=None) -> None:
     """θ0's tables on the train split (top-k sets, D_attack) and the val split (D_τ), per variant."""
+    from shared.progress import no_progress
+
+    for v in dict.fromkeys(prep.variants):
+        initial_tables_for(spec, prep.dataset, v, tuple(spec.layers), progress or no_progress)
+    if progress is not None:
+        progress.close()
+
+
+def initial_tables_for(spec: Any, dataset: str, v, layers: tuple[str, ...], progress=None) -> None:
     from jobs.activations import ActivationsSpec, run_activations
     from shared.progress import no_progress
 
-    for v in prep.variants:
-        for split in dict.fromkeys((spec.dataset.train_split, spec.dataset.val_split)):
-            a = ActivationsSpec(dataset=prep.dataset, split=split, model=v.model, weights=v.weights,
-                                variant_key=v.key, layers=tuple(spec.layers))  # fmt: skip
-            run_activations(a, spec.store, progress=progress or no_progress)
-    if progress is not None:
-        progress.close()
+    for split in dict.fromkeys((spec.dataset.train_split, spec.dataset.val_split)):
+        a = ActivationsSpec(dataset=dataset, split=split, model=v.model, weights=v.weights,
+                            variant_key=v.key, layers=layers)  # fmt: skip
+        run_activations(a, spec.store, progress=progress or no_progress)
 
 
 def _log_stored(plans, done, spec, tracking_uri, experiment_id, parent, sid) -> int:

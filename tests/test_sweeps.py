@@ -280,3 +280,36 @@ def test_s3_store_and_mlflow_server_then_compare_page_in_chromium(tmp_path, s3_s
     for r in runs:  # the page's metric table has one column per run, one row per metric
         assert r.info.run_name in dom
     assert out.stat().st_size > 10_000
+
+
+def test_pruned_variants_are_made_once_and_attacked_like_any_model(tmp_path):
+    """Phase 1 on the driver: norm, group and vulnerability variants (the last after its push-down
+    dependency), each stored once; an attack and the tables run on the structured variant."""
+    from jobs.attack import run_attack
+    from jobs.raysetup import ensure_ray
+    from orchestrator.plan import plan_trials, prepare
+    from orchestrator.sweep import initial_tables
+    from shared.models.zoo import build_model
+    from shared.pruning import weight_sparsity
+
+    pruning = [{"method": "none"}, {"method": "norm", "rate": 0.5}, {"method": "group", "rate": 0.25},
+               {"method": "vulnerability", "count": 4, "layer": "conv5"}]  # fmt: skip
+    spec = load_spec(tiny_spec(tmp_path, "pruned", pruning=pruning, attacks=[{"name": "push-down"}]))
+    ensure_ray()
+    prep = prepare(spec)
+    none, norm, group, vuln = prep.variants
+    assert none.prune_method == "none" and none.key == none.base
+    assert len({v.key for v in prep.variants}) == 4 and all(v.base == none.key for v in prep.variants)
+    assert abs(weight_sparsity(build_model("alexnet_mini", weights=norm.weights)[0]) - 0.5) < 0.01
+    g, _ = build_model(
+        "alexnet_mini", weights=group.weights
+    )  # structured: rebuilt smaller from its index map
+    b, _ = build_model("alexnet_mini", weights=none.weights)
+    assert sum(p.numel() for p in g.parameters()) < sum(p.numel() for p in b.parameters())
+    assert vuln.prune_rate == 4.0 and vuln.fine_tuned_acc is not None
+    assert prepare(spec).variants == prep.variants  # a second plan reuses every stored variant
+    initial_tables(spec, prep)
+    plans = plan_trials(spec, prep)
+    assert [p.params["prune_method"] for p in plans] == ["none", "norm", "group", "vulnerability"]
+    res = run_attack(plans[2].attack_spec(max_steps=2), spec.store)
+    assert res.model_uri is not None and res.steps == 2

@@ -279,6 +279,12 @@ def _from_checkpoint(
         n = int(state[key].shape[0])
     _check_classes(num_classes, n, f"checkpoint {uri}")
     model = info.builder(n)
+    index_map = ckpt["meta"].get("index_map")
+    if index_map:  # a structured-pruned variant: rebuild its smaller shape, then load (shared.pruning)
+        from shared.pruning import apply_index_map
+
+        crop = info.preprocess.crop
+        apply_index_map(model, index_map, torch.zeros(1, 3, crop, crop))
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
