@@ -50,6 +50,7 @@ def overhead(root: str, quick: bool) -> dict:
     from orchestrator.spec import load_spec
     from orchestrator.sweep import initial_tables, run_trials
     from orchestrator.tracking import SweepTracker, client, find_child_runs
+    from shared import store
 
     spec = load_spec(sweep_dict(root, quick))
     ensure_ray()
@@ -58,7 +59,7 @@ def overhead(root: str, quick: bool) -> dict:
     stores = {}
     for side in ("direct", "tune"):  # identical prepared stores, so neither side reuses the other's work
         stores[side] = os.path.join(root, f"store-{side}")
-        shutil.copytree(spec.store, stores[side], ignore=shutil.ignore_patterns("mlflow.db", "sweeps"))
+        shutil.copytree(store.local_path(spec.store), stores[side], ignore=shutil.ignore_patterns("mlflow.db", "sweeps"))
 
     from dataclasses import replace
 
@@ -116,7 +117,7 @@ def makespan(quick: bool) -> dict:
             tuner = tune.Tuner(
                 tune.with_resources(equal_trial, {"cpu": 0.5, "gpu": 1}),
                 param_space={"seconds": seconds, "reports": 4, "i": tune.grid_search(list(range(16)))},
-                tune_config=tune.TuneConfig(scheduler=AlphaScheduler("makespan"), reuse_actors=False),
+                tune_config=tune.TuneConfig(scheduler=AlphaScheduler("makespan"), reuse_actors=True),
                 run_config=tune.RunConfig(storage_path=tmp, name="makespan", verbose=0),
             )
             t = time.perf_counter()
@@ -133,11 +134,15 @@ def makespan(quick: bool) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--makespan-only", action="store_true", help="only part 3 (no attack run)")
     args = ap.parse_args()
     from jobs.raysetup import quiet_ray_env
 
     quiet_ray_env()
     root = tempfile.mkdtemp(prefix="vz-orch-")
+    if args.makespan_only:
+        print(json.dumps({"benchmark": "orchestration-makespan", **makespan(args.quick)}))
+        return
     o = overhead(root, args.quick)
     print(f"attack run: direct {o['direct_s']} s, as a Tune trial with MLflow {o['tune_s']} s "
           f"(ratio {o['overhead_ratio']}); α change: mean {o['alpha_change_mean_s']} s, "

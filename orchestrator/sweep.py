@@ -203,7 +203,7 @@ def run_trials(spec, sid, todo: list[TrialPlan], tracking_uri, experiment_id, pa
             param_space={"plan": tune.grid_search([p.to_dict() for p in todo])},
             tune_config=tune.TuneConfig(
                 scheduler=AlphaScheduler(sid), max_concurrent_trials=max_concurrent or _concurrency(cpu_per, gpu_per),
-                trial_name_creator=_trial_name, trial_dirname_creator=_trial_name, reuse_actors=False,
+                trial_name_creator=_trial_name, trial_dirname_creator=_trial_name, reuse_actors=True,
             ),
             run_config=run_config,
         )  # fmt: skip
