@@ -59,15 +59,22 @@ def overhead(root: str, quick: bool) -> dict:
     stores = {}
     for side in ("direct", "tune"):  # identical prepared stores, so neither side reuses the other's work
         stores[side] = os.path.join(root, f"store-{side}")
-        shutil.copytree(store.local_path(spec.store), stores[side], ignore=shutil.ignore_patterns("mlflow.db", "sweeps"))
+        shutil.copytree(
+            store.local_path(spec.store), stores[side], ignore=shutil.ignore_patterns("mlflow.db", "sweeps")
+        )
 
     from dataclasses import replace
 
     (plan,) = plan_trials(replace(spec, store=stores["direct"]), prep)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what Ray gives a 1-CPU trial (OMP_NUM_THREADS=1): same compute on both sides
     t = time.perf_counter()
     run_attack(plan.attack_spec(), stores["direct"])
     run_metrics(plan.metrics_spec(), stores["direct"])
     direct = time.perf_counter() - t
+    torch.set_num_threads(threads)
 
     tspec = replace(spec, store=stores["tune"], tracking_uri=f"sqlite:///{root}/bench-mlflow.db")
     (plan,) = plan_trials(tspec, prep)

@@ -116,7 +116,9 @@ def prepare(spec: Any, progress_for=None) -> Prepared:
         uri = train_reference_encoder(ds.uri, spec.store, progress=bar("reference encoder") or _noop)
         embedder = f"reference:{uri}"
     prep = Prepared(ds.uri, dataset_id(ds.uri), (), embedder)
-    variants = tuple(base if p.method == "none" else pruned_variant(spec, prep, base, p, bar) for base, p in todo)
+    variants = tuple(
+        base if p.method == "none" else pruned_variant(spec, prep, base, p, bar) for base, p in todo
+    )
     return dataclasses.replace(prep, variants=variants)
 
 
@@ -168,9 +170,11 @@ def vulnerable_units(spec: Any, prep: Prepared, base: Variant, p: Any) -> tuple[
     from shared.pruning import rank_by_clip_delta
 
     initial_tables_for(spec, prep.dataset, base, (p.layer,))
-    attack = next(a for a in spec.attacks if a.name == "push-down") if any(
-        a.name == "push-down" for a in spec.attacks
-    ) else _PushDown()
+    attack = (
+        next(a for a in spec.attacks if a.name == "push-down")
+        if any(a.name == "push-down" for a in spec.attacks)
+        else _PushDown()
+    )
     plan = _plan(spec, prep, base, attack, (p.layer,), spec.seeds[0], spec.training, _alpha_dict(spec))
     run_attack(plan.attack_spec(), spec.store)
     mres = run_metrics(plan.metrics_spec(), spec.store)

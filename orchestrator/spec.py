@@ -144,7 +144,9 @@ class PruningSpec:
         if self.method in ("norm", "group") and not self.rate > 0:
             raise _Invalid([("rate", f"method {self.method!r} needs a rate in (0, 1), e.g. 0.5")])
         if self.method == "vulnerability" and (self.count < 1 or self.rate):
-            raise _Invalid([("count", "method 'vulnerability' needs count >= 1 (units to remove) and no rate")])
+            raise _Invalid(
+                [("count", "method 'vulnerability' needs count >= 1 (units to remove) and no rate")]
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

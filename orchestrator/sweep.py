@@ -93,19 +93,23 @@ def launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None)
     say(f"sweep {sid}: initial activation tables ({len(prep.variants)} variant(s), Ray Data)")
     initial_tables(spec, prep, None if quiet else Bar("tables"))
 
+    from orchestrator.trial import stop_marker
+
     done = {p.trial_key for p in plans if stored_result(p, spec.store) is not None}
-    todo = [p for p in plans if p.trial_key not in done]
+    stopped_before = [p.run_name for p in plans if store.exists(stop_marker(spec.store, p.attack_key))]
+    todo = [p for p in plans if p.trial_key not in done and p.run_name not in stopped_before]
     logged = _log_stored(plans, done, spec, tracking_uri, experiment_id, parent, sid)
     say(f"sweep {sid}: {len(plans)} trials, {len(done)} already in the store"
         f"{f' ({logged} logged to MLflow now)' if logged else ''}, {len(todo)} to run")  # fmt: skip
     failed: list[str] = []
-    stopped: list[str] = []
+    stopped: list[str] = list(stopped_before)
     if todo:
         write_status(sdir, state="attacks")
         progress = SweepProgress(len(plans), len(done), sdir, quiet=quiet)
-        failed, stopped = run_trials(
+        failed, stopped_now = run_trials(
             spec, sid, todo, tracking_uri, experiment_id, parent, progress, max_concurrent
         )
+        stopped += stopped_now
         progress.close()
     state = "failed" if failed else "done"
     tracker.finish_parent(sid, "FAILED" if failed else "FINISHED")

@@ -55,6 +55,11 @@ def checkpoints_uri(store_uri: str, attack_key: str) -> str:
     return store.join(store_uri, "checkpoints", attack_key)
 
 
+def stop_marker(store_uri: str, attack_key: str) -> str:
+    """Written when the α controller stopped the attack (its accuracy budget cannot be held)."""
+    return store.join(checkpoints_uri(store_uri, attack_key), "_STOPPED.json")
+
+
 def attack_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Tune function trainable; ``config["plan"]`` is a :class:`TrialPlan` as a dict."""
     store.configure(ctx.s3)
@@ -113,6 +118,8 @@ def attack_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             alpha_source=alpha_source if plan.alpha_controlled else None,
         )  # fmt: skip
     except BudgetStop as e:
+        # Recorded in the store too: a relaunch or resume must not train this trial again.
+        store.write_json(stop_marker(ctx.store_uri, plan.attack_key), {"reason": str(e), "time": time.time()})
         run.set_tags({"vizsweep.status": "stopped: accuracy budget", "vizsweep.stop_reason": str(e)})
         run.finish("KILLED")
         tune.report({"phase": "stopped", "stopped_budget": 1})

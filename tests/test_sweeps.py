@@ -110,6 +110,51 @@ def test_local_sweep_report_status_and_second_launch_trains_nothing(tmp_path, ca
     assert first.sweep_id in out and "done" in out
     assert main(["status", first.sweep_id, *store_arg]) == 0
     assert "3 done" in capsys.readouterr().out
+    _check_ui(first.sweep_id, spec.store)
+
+
+def _check_ui(sweep_id: str, store_uri: str) -> None:
+    """``vizsweep ui`` serves MLflow on 127.0.0.1 and prints the compare-page URL of the sweep's runs."""
+    import urllib.request
+
+    from tests.services import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", sweep_id, "--store", store_uri,
+                             "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        first_lines = [proc.stdout.readline(), proc.stdout.readline()]
+        assert f"http://127.0.0.1:{port}" in first_lines[0] and "compare-runs" in first_lines[1]
+
+        def up() -> bool:
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
+            except OSError:
+                return False
+
+        wait_until(up, timeout=180, what="the MLflow UI")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def test_controller_stops_a_trial_that_cannot_hold_the_budget(tmp_path):
+    """α at its floor and the drop still over the limit: the trial ends, its run says why, and a
+    relaunch does not train it again."""
+    from orchestrator.sweep import launch
+
+    spec = load_spec(tiny_spec(
+        tmp_path, "budget", attacks=[{"name": "push-down"}], training={"lr": 0.05},
+        alpha={"alpha0": 0.1, "alpha_min": 0.1, "alpha_max": 0.95, "max_drop_pp": 0.0},
+    ))  # fmt: skip
+    res = launch(spec, quiet=True)
+    assert res.failed == [] and len(res.stopped) == 1
+    (run,) = _runs(res.tracking_uri, res.sweep_id)
+    assert run.info.status == "KILLED" and run.data.tags["vizsweep.status"] == "stopped: accuracy budget"
+    assert run.data.metrics["alpha_stop"] == 1.0
+    again = launch(spec, quiet=True)
+    assert again.trained == 0 and again.stopped == res.stopped
 
 
 def _client(res):
