@@ -102,6 +102,19 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
     v.add_argument("spec", help="sweep spec YAML: path, file:// or s3:// URI")
 
 
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="a sweep spec's stage graph, trial count, GPU-hours and storage (assumed rates; runs nothing)",
+    )
+    p.add_argument("spec", help="sweep spec YAML: path, file:// or s3:// URI")
+    p.add_argument("--json", action="store_true", help="one JSON object (keys: orchestrator/estimate.py)")
+    p.add_argument("--train-images", type=int, default=None,
+                   help="train split size (default: the dataset's manifest, the synth block, or ImageNet's 1,281,167)")  # fmt: skip
+    p.add_argument("--val-images", type=int, default=None,
+                   help="val split size (default: the dataset's manifest, the synth block, or ImageNet's 50,000)")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vizsweep", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -109,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_jobs(sub)
     _add_validate(sub)
     _add_sweeps(sub)
+    _add_plan(sub)
     return ap
 
 
@@ -123,6 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_activations(args)
         if args.cmd == "validate":
             return _cmd_validate(args)
+        if args.cmd == "plan":
+            from orchestrator.estimate import cmd_plan
+
+            return cmd_plan(
+                args.spec, as_json=args.json, train_images=args.train_images, val_images=args.val_images
+            )
         if args.cmd == "demo":
             from orchestrator.demo import run_demo, run_sweep_demo
 
