@@ -386,7 +386,9 @@ def _commit(spec, store_uri, key, model, meta, history, final_acc, acc0, steps, 
         "acc0": acc0,
         "final_acc": final_acc,
     }
-    save_checkpoint(model.cpu(), spec.model, uri, {"classes": meta.get("classes"), **info})
+    # a structured-pruned variant keeps its index map, or its attacked model could not be rebuilt
+    shape = {"index_map": meta["index_map"]} if meta.get("index_map") else {}
+    save_checkpoint(model.cpu(), spec.model, uri, {"classes": meta.get("classes"), **shape, **info})
     store.write_manifest(
         out,
         {

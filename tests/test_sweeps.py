@@ -358,3 +358,23 @@ def test_pruned_variants_are_made_once_and_attacked_like_any_model(tmp_path):
     assert [p.params["prune_method"] for p in plans] == ["none", "norm", "group", "vulnerability"]
     res = run_attack(plans[2].attack_spec(max_steps=2), spec.store)
     assert res.model_uri is not None and res.steps == 2
+    attacked, _ = build_model("alexnet_mini", weights=res.model_uri)  # keeps the variant's smaller shape
+    assert sum(p.numel() for p in attacked.parameters()) == sum(p.numel() for p in g.parameters())
+
+
+def test_a_sweep_runs_on_an_imported_ilsvrc_tree(tmp_path):
+    """ILSVRC-2012 layout (train/ and val/ class folders of JPEGs) -> import-imagenet -> a sweep."""
+    from orchestrator.cli import main
+    from orchestrator.sweep import launch
+    from shared.synth import generate
+
+    generate(str(tmp_path / "raw"), classes=16, train_per_class=16, val_per_class=6, size=64)
+    src, dest = tmp_path / "raw" / "folder", tmp_path / "imagenet"
+    assert sorted(p.name for p in src.iterdir()) == ["train", "val"]
+    assert main(["data", "import-imagenet", str(src), str(dest), "--split", "both"]) == 0
+    raw = tiny_spec(tmp_path, "imported", attacks=[{"name": "finetune"}])
+    raw["dataset"] = {"uri": str(dest)}
+    res = launch(load_spec(raw), quiet=True)
+    assert res.failed == [] and res.trained == 1
+    (run,) = _runs(res.tracking_uri, res.sweep_id)
+    assert run.info.status == "FINISHED" and "kendall_tau" in run.data.metrics
