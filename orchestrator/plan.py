@@ -31,6 +31,7 @@ class Variant:
     weight_pruning_rate: float | None = None  # measured, recorded with the variant
     filter_pruning_rate: float | None = None
     fine_tuned_acc: float | None = None  # val top-1 after pruning + fine-tuning, in [0, 1]
+    prune_priority: str = ""  # group pruning: "filter" or "weight"
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ def pruned_variant(spec: Any, prep: Prepared, base: Variant, p: Any, bar) -> Var
     res = run_prune(ps, spec.store, progress=bar(f"prune {p.method} {rate:g}") or _noop)
     label = p.rate if p.method != "vulnerability" else float(p.count)
     return Variant(base.model, res.model_uri, res.key, base.key, p.method, label, res.weight_rate,
-                   res.filter_rate, res.acc)  # fmt: skip
+                   res.filter_rate, res.acc, p.priority if p.method == "group" else "")  # fmt: skip
 
 
 def vulnerable_units(spec: Any, prep: Prepared, base: Variant, p: Any) -> tuple[tuple[int, ...], float]:
@@ -251,7 +252,7 @@ def _plan(spec, prep: Prepared, v: Variant, a, layers: tuple[str, ...], seed: in
         "scale": t.scale, "k": t.k, "alpha": alpha, "embedder": prep.embedder,
         "variant_key": v.key, "attack_key": akey, "trial_key": trial_key,
         "weight_pruning_rate": v.weight_pruning_rate, "filter_pruning_rate": v.filter_pruning_rate,
-        "fine_tuned_acc": v.fine_tuned_acc,
+        "fine_tuned_acc": v.fine_tuned_acc, "prune_priority": v.prune_priority,
     }  # fmt: skip
     return TrialPlan(
         trial_key=trial_key, run_name=run_name, attack=_jsonable(attack_d), metrics=_jsonable(metrics_d),

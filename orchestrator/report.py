@@ -44,6 +44,8 @@ def row_of(run: Run) -> dict[str, Any]:
     params, metrics = run.data.params, run.data.metrics
     row: dict[str, Any] = {k: params.get(k) for k in PARAM_KEYS}
     row["prune_rate"] = _float(row["prune_rate"])
+    if params.get("prune_priority"):  # group pruning's two settings share method and rate
+        row["prune_priority"] = params["prune_priority"]
     row.update({k: _float(metrics.get(k)) for k in METRIC_KEYS})
     return row
 
@@ -85,7 +87,8 @@ def _prune(row: Mapping[str, Any]) -> str:
     method, rate = row.get("prune_method"), row.get("prune_rate")
     if method is None and rate is None:
         return "—"
-    return " ".join(p for p in (method, None if rate is None else f"{rate:g}") if p)
+    label = " ".join(p for p in (method, None if rate is None else f"{rate:g}") if p)
+    return f"{label} ({row['prune_priority']})" if row.get("prune_priority") else label
 
 
 def _md_cells(row: Mapping[str, Any]) -> list[str]:
