@@ -20,6 +20,13 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """One dataset and local store for the module: the base model, reference encoder and initial
+    tables are made once (content keys); each test's own trials have their own keys."""
+    return tmp_path_factory.mktemp("sweeps")
+
+
 def tiny_spec(root: Path, name: str, **over) -> dict:
     """A sweep that runs in about a minute on 2 cores (tiny synthetic set, a few steps per trial)."""
     training = {"lr": 3e-4, "batch_size": 32, "epochs": 1, "max_steps": 6, "evals_per_epoch": 4,
@@ -67,12 +74,12 @@ def _assert_no_duplicate_steps(tracking_uri: str, run) -> None:
         )
 
 
-def test_local_sweep_report_status_and_second_launch_trains_nothing(tmp_path, capsys):
+def test_local_sweep_report_status_and_second_launch_trains_nothing(root, capsys):
     from orchestrator.cli import main
     from orchestrator.report import report_rows
     from orchestrator.sweep import launch
 
-    spec = load_spec(tiny_spec(tmp_path, "local", attacks=[{"name": "finetune"}, {"name": "push-down"},
+    spec = load_spec(tiny_spec(root, "local", attacks=[{"name": "finetune"}, {"name": "push-down"},
                                                             {"name": "push-up"}]))  # fmt: skip
     first = launch(spec, quiet=True)
     assert (first.trials, first.trained, first.failed) == (3, 3, [])
@@ -139,13 +146,13 @@ def _check_ui(sweep_id: str, store_uri: str) -> None:
         proc.wait(timeout=60)
 
 
-def test_controller_stops_a_trial_that_cannot_hold_the_budget(tmp_path):
+def test_controller_stops_a_trial_that_cannot_hold_the_budget(root):
     """α at its floor and the drop still over the limit: the trial ends, its run says why, and a
     relaunch does not train it again."""
     from orchestrator.sweep import launch
 
     spec = load_spec(tiny_spec(
-        tmp_path, "budget", attacks=[{"name": "push-down"}], training={"lr": 0.05},
+        root, "budget", attacks=[{"name": "push-down"}], training={"lr": 0.05},
         alpha={"alpha0": 0.1, "alpha_min": 0.1, "alpha_max": 0.95, "max_drop_pp": 0.0},
     ))  # fmt: skip
     res = launch(spec, quiet=True)
@@ -163,7 +170,7 @@ def _client(res):
     return client(res.tracking_uri)
 
 
-def test_multi_node_trials_spread_and_a_lost_node_continues_from_its_checkpoint(tmp_path):
+def test_multi_node_trials_spread_and_a_lost_node_continues_from_its_checkpoint(root):
     import ray
     from ray.cluster_utils import Cluster
 
@@ -178,7 +185,7 @@ def test_multi_node_trials_spread_and_a_lost_node_continues_from_its_checkpoint(
     cluster.wait_for_nodes()
     try:
         spec = load_spec(tiny_spec(
-            tmp_path, "nodes", ray_address=cluster.address,
+            root, "nodes", ray_address=cluster.address,
             attacks=[{"name": "finetune"}, {"name": "push-down"}, {"name": "push-up"}],
             training={"batch_size": 64, "epochs": 12, "max_steps": None, "evals_per_epoch": 2},
         ))  # fmt: skip
@@ -231,7 +238,7 @@ def test_multi_node_trials_spread_and_a_lost_node_continues_from_its_checkpoint(
         cluster.shutdown()
 
 
-def test_driver_sigkill_then_resume_finishes_only_the_unfinished(tmp_path):
+def test_driver_sigkill_then_resume_finishes_only_the_unfinished(tmp_path, root):
     import yaml
 
     from jobs.attack import model_dir
@@ -240,7 +247,7 @@ def test_driver_sigkill_then_resume_finishes_only_the_unfinished(tmp_path):
     from orchestrator.trial import checkpoints_uri
     from shared import store
 
-    raw = tiny_spec(tmp_path, "killed", training={"batch_size": 64, "epochs": 12, "max_steps": None,
+    raw = tiny_spec(root, "killed", seeds=[1], training={"batch_size": 64, "epochs": 12, "max_steps": None,
                                                   "evals_per_epoch": 2})  # fmt: skip
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -286,12 +293,14 @@ def test_driver_sigkill_then_resume_finishes_only_the_unfinished(tmp_path):
     assert "push-down" in rc.stdout  # the report printed at the end
 
 
-def test_s3_store_and_mlflow_server_then_compare_page_in_chromium(tmp_path, s3_server, mlflow_s3_server):
+def test_s3_store_and_mlflow_server_then_compare_page_in_chromium(
+    tmp_path, root, s3_server, mlflow_s3_server
+):
     from orchestrator.sweep import launch
     from orchestrator.tracking import client, compare_url
     from tests.services import chromium_binary, chromium_dump_dom
 
-    spec = load_spec(tiny_spec(tmp_path, "s3", store=f"s3://{s3_server.bucket}/sweeps-test",
+    spec = load_spec(tiny_spec(root, "s3", store=f"s3://{s3_server.bucket}/sweeps-test",
                                tracking_uri=mlflow_s3_server.uri))  # fmt: skip
     res = launch(spec, quiet=True)
     assert res.failed == [] and res.trained == 2
@@ -327,7 +336,7 @@ def test_s3_store_and_mlflow_server_then_compare_page_in_chromium(tmp_path, s3_s
     assert out.stat().st_size > 10_000
 
 
-def test_pruned_variants_are_made_once_and_attacked_like_any_model(tmp_path):
+def test_pruned_variants_are_made_once_and_attacked_like_any_model(root):
     """Phase 1 on the driver: norm, group and vulnerability variants (the last after its push-down
     dependency), each stored once; an attack and the tables run on the structured variant."""
     from jobs.attack import run_attack
@@ -339,7 +348,7 @@ def test_pruned_variants_are_made_once_and_attacked_like_any_model(tmp_path):
 
     pruning = [{"method": "none"}, {"method": "norm", "rate": 0.5}, {"method": "group", "rate": 0.25},
                {"method": "vulnerability", "count": 4, "layer": "conv5"}]  # fmt: skip
-    spec = load_spec(tiny_spec(tmp_path, "pruned", pruning=pruning, attacks=[{"name": "push-down"}]))
+    spec = load_spec(tiny_spec(root, "pruned", pruning=pruning, attacks=[{"name": "push-down"}]))
     ensure_ray()
     prep = prepare(spec)
     none, norm, group, vuln = prep.variants
