@@ -366,3 +366,23 @@ def test_checkpoint_via_s3(s3_server, tmp_path, monkeypatch):
     assert meta["classes"] == list("abcd") and meta["weights"] == uri
     assert torch.equal(loaded.features[0].weight, model.features[0].weight)
     assert any(p.name == "model.pt" for p in (tmp_path / "cache").rglob("*"))
+
+
+@pytest.mark.slow
+def test_torchvision_state_dict_staged_in_s3_loads_without_network(s3_server, tmp_path, monkeypatch):
+    """How a cluster stages torchvision weights offline: the .pth (a bare state_dict, as torchvision
+    ships it) copied to S3 and named by its s3:// URI as the model's weights."""
+    import io
+
+    monkeypatch.setenv("VIZSWEEP_CACHE", str(tmp_path / "cache"))
+    from shared import store
+
+    original = model_info("efficientnet_b0").builder(1000)
+    buf = io.BytesIO()
+    torch.save(original.state_dict(), buf)
+    uri = f"s3://{s3_server.bucket}/weights/efficientnet_b0_rwightman-7f5810bc.pth"
+    store.write_bytes(uri, buf.getvalue())
+    loaded, meta = build_model("efficientnet_b0", weights=uri)
+    assert meta["num_classes"] == 1000
+    for (k, a), b in zip(original.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k

@@ -201,3 +201,13 @@ def test_plan_imports_neither_ray_nor_mlflow(capsys, monkeypatch):
     rc, out, err = _plan(capsys, str(PRUNING))
     assert rc == 0, err
     assert "GPU-hours" in out
+
+
+@pytest.mark.parametrize("name", ["paper-alexnet", "paper-alexnet-pushup", "paper-pruning"])
+def test_paper_sweeps_validate_with_file_checks_on_a_laptop(name, capsys):
+    """The cluster's specs name S3 data and GPUs: `validate --spec-only` checks everything the file
+    decides; the full `validate` runs on the cluster (RAY_ADDRESS set, data reachable)."""
+    from orchestrator.cli import main
+
+    assert main(["validate", "--spec-only", str(ROOT / "sweeps" / f"{name}.yaml")]) == 0
+    assert capsys.readouterr().out.startswith("ok (file checks only): ")
