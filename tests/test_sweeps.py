@@ -187,7 +187,7 @@ def test_multi_node_trials_spread_and_a_lost_node_continues_from_its_checkpoint(
         spec = load_spec(tiny_spec(
             root, "nodes", ray_address=cluster.address,
             attacks=[{"name": "finetune"}, {"name": "push-down"}, {"name": "push-up"}],
-            training={"batch_size": 64, "epochs": 12, "max_steps": None, "evals_per_epoch": 2},
+            training={"batch_size": 64, "epochs": 40, "max_steps": None, "evals_per_epoch": 2},
         ))  # fmt: skip
         sid = sweep_id_for(spec)
         tracking = spec.tracking_uri
@@ -247,7 +247,7 @@ def test_driver_sigkill_then_resume_finishes_only_the_unfinished(tmp_path, root)
     from orchestrator.trial import checkpoints_uri
     from shared import store
 
-    raw = tiny_spec(root, "killed", seeds=[1], training={"batch_size": 64, "epochs": 12, "max_steps": None,
+    raw = tiny_spec(root, "killed", seeds=[1], training={"batch_size": 64, "epochs": 40, "max_steps": None,
                                                   "evals_per_epoch": 2})  # fmt: skip
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(raw))
