@@ -53,7 +53,7 @@ def cmd_resume(store_uri: str, sweep_id: str, max_concurrent: int | None = None)
 
     d = find_sweep(store_uri, sweep_id)
     spec = load_spec(store.read_json(store.join(d, "spec.json")), check_environment=True)
-    _kill_dead_driver_leftovers(d)
+    _refuse_if_driver_alive(d)
     return _run(spec, max_concurrent)
 
 
@@ -105,8 +105,8 @@ def _shown_store(uri: str) -> str:
     return rel if not rel.startswith("..") else local
 
 
-def _kill_dead_driver_leftovers(sweep_dir_uri: str) -> None:
-    """NOTES.md: a SIGKILLed driver can leave Ray agents behind; nothing to do when its pid is gone."""
+def _refuse_if_driver_alive(sweep_dir_uri: str) -> None:
+    """A resume while the sweep's own driver still runs would run its trials twice."""
     status = store.read_json(store.join(sweep_dir_uri, "status.json"))
     pid = status.get("driver_pid")
     if pid and pid != os.getpid() and _alive(pid) and status.get("state") not in ("done", "failed"):

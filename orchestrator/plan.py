@@ -171,11 +171,7 @@ def vulnerable_units(spec: Any, prep: Prepared, base: Variant, p: Any) -> tuple[
     from shared.pruning import rank_by_clip_delta
 
     initial_tables_for(spec, prep.dataset, base, (p.layer,))
-    attack = (
-        next(a for a in spec.attacks if a.name == "push-down")
-        if any(a.name == "push-down" for a in spec.attacks)
-        else _PushDown()
-    )
+    attack = next((a for a in spec.attacks if a.name == "push-down"), _PushDown())
     plan = _plan(spec, prep, base, attack, (p.layer,), spec.seeds[0], spec.training, _alpha_dict(spec))
     run_attack(plan.attack_spec(), spec.store)
     mres = run_metrics(plan.metrics_spec(), spec.store)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import posixpath
 import re
 import sys
@@ -316,19 +315,9 @@ def _classes(src: str, dest: str, entries: dict[str, list[Entry]]) -> list[str]:
 
 def _shard_bytes(rows: list[tuple[Entry, int, bytes]], classes: list[str]) -> bytes:
     """One Parquet shard shaped like synth's (and the HF imagenet-1k export)."""
-    hf_features = {
-        "info": {
-            "features": {
-                "image": {"_type": "Image"},
-                "label": {"names": classes, "_type": "ClassLabel"},
-                "image_id": {"dtype": "string", "_type": "Value"},
-            }
-        }
-    }
-    schema = pa.schema(
-        [("image", _IMAGE_TYPE), ("label", pa.int64()), ("image_id", pa.string())],
-        metadata={"huggingface": json.dumps(hf_features)},
-    )
+    from shared.synth import parquet_schema
+
+    schema = parquet_schema(classes)
     table = pa.table(
         {
             "image": pa.array(

@@ -228,11 +228,10 @@ def split_labels(classes: int, per_class: int, seed: int, split: str) -> np.ndar
 # --- writers ---------------------------------------------------------------------
 
 
-def _parquet_shard(rows: list[tuple[str, int, bytes]], names: list[str]) -> bytes:
+def parquet_schema(names: list[str]):
+    """The shard schema of the HF imagenet-1k Parquet export (synth and import-imagenet write it)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     hf_features = {
         "info": {
             "features": {
@@ -242,10 +241,19 @@ def _parquet_shard(rows: list[tuple[str, int, bytes]], names: list[str]) -> byte
             }
         }
     }
-    schema = pa.schema(
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    return pa.schema(
         [("image", image_type), ("label", pa.int64()), ("image_id", pa.string())],
         metadata={"huggingface": json.dumps(hf_features)},
     )
+
+
+def _parquet_shard(rows: list[tuple[str, int, bytes]], names: list[str]) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = parquet_schema(names)
+    image_type = schema.field("image").type
     table = pa.table(
         {
             "image": pa.array([{"bytes": b, "path": f"{i}.JPEG"} for i, _, b in rows], image_type),
