@@ -253,8 +253,13 @@ def test_driver_sigkill_then_resume_finishes_only_the_unfinished(tmp_path, root)
     from orchestrator.trial import checkpoints_uri
     from shared import store
 
-    raw = tiny_spec(root, "killed", seeds=[1], alpha=NO_BUDGET,
-                    training={"batch_size": 64, "epochs": 40, "max_steps": None, "evals_per_epoch": 2})
+    raw = tiny_spec(
+        root,
+        "killed",
+        seeds=[1],
+        alpha=NO_BUDGET,
+        training={"batch_size": 64, "epochs": 40, "max_steps": None, "evals_per_epoch": 2},
+    )
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(raw))
     spec = load_spec(str(path))
