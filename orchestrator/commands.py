@@ -64,8 +64,7 @@ def _run(spec, max_concurrent: int | None) -> int:
     res = launch(spec, max_concurrent=max_concurrent)
     rows = report_rows(res.tracking_uri, res.sweep_id)
     print(render(rows, "md", sweep=res.sweep_id))
-    for path in report_figures(spec.store, res.sweep_id, res.tracking_uri, rows):
-        print(f"figure: {path}")
+    _print_pruning(spec.store, res.sweep_id, res.tracking_uri, rows)
     print(
         f"\nsweep {res.sweep_id}: {res.trials} trials, {res.trained} run now, {res.reused} reused from the store, "
         f"{len(res.failed)} failed, {len(res.stopped)} stopped by the α controller, {res.seconds:.0f} s"
@@ -76,15 +75,32 @@ def _run(spec, max_concurrent: int | None) -> int:
     return 1 if res.failed else 0
 
 
+def _print_pruning(store_uri: str, sweep_id: str, tracking_uri: str, rows: list[dict]) -> None:
+    from orchestrator.report_pruning import pruning_tables
+
+    tables = pruning_tables(rows)
+    if tables:
+        print(tables)
+    for path in report_figures(store_uri, sweep_id, tracking_uri, rows):
+        print(f"{'table' if path.endswith('.md') else 'figure'}: {path}")
+
+
 def report_figures(store_uri: str, sweep_id: str, tracking_uri: str, rows: list[dict]) -> list[str]:
-    """The pruning figures (Figs. 4.1–4.4) in the sweep's folder, also logged to its parent run."""
+    """The pruning tables (4.1–4.4, C–F) and figures (Figs. 4.1–4.4) in the sweep's folder, also
+    logged to its parent run; nothing when the sweep pruned nothing."""
     import tempfile
 
     from orchestrator.report_plots import pruning_plots
+    from orchestrator.report_pruning import pruning_tables
     from orchestrator.tracking import client, find_parent_run
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = pruning_plots(rows, tmp)
+        tables = pruning_tables(rows)
+        if tables:
+            paths.append(os.path.join(tmp, "pruning_tables.md"))
+            with open(paths[-1], "w") as f:
+                f.write(tables)
         out = []
         parent = find_parent_run(tracking_uri, sweep_id) if paths else None
         for p in paths:
@@ -179,8 +195,7 @@ def cmd_report(store_uri: str, sweep_id: str, fmt: str) -> int:
     rows = report_rows(status["tracking_uri"], sweep_id)
     print(render(rows, fmt, sweep=sweep_id))
     if fmt == "md":
-        for path in report_figures(_store_of(d), sweep_id, status["tracking_uri"], rows):
-            print(f"figure: {path}")
+        _print_pruning(_store_of(d), sweep_id, status["tracking_uri"], rows)
     return 0
 
 

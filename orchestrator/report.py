@@ -22,6 +22,7 @@ from orchestrator.tracking import find_child_runs
 PARAM_KEYS = ("model", "prune_method", "prune_rate", "layer", "attack")
 METRIC_KEYS = ("clip_delta", "kendall_tau", "clip_w", "kendall_tau_w", "topk_overlap", "acc", "delta_acc")
 COLUMNS = PARAM_KEYS + METRIC_KEYS
+VARIANT_KEYS = ("weight_pruning_rate", "filter_pruning_rate", "fine_tuned_acc")  # params of a pruned variant
 ATTACK_ORDER = ("finetune", "push-down", "push-up")  # the thesis's order: the control first
 FORMATS = ("md", "csv", "json")
 
@@ -47,6 +48,9 @@ def row_of(run: Run) -> dict[str, Any]:
     if params.get("prune_priority"):  # group pruning's two settings share method and rate
         row["prune_priority"] = params["prune_priority"]
     row.update({k: _float(metrics.get(k)) for k in METRIC_KEYS})
+    # for the pruning tables (orchestrator.report_pruning); not columns of the main table
+    row["acc_init"] = _float(metrics.get("acc_init"))
+    row.update({k: _float(params.get(k)) for k in VARIANT_KEYS})
     return row
 
 

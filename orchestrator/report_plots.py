@@ -1,7 +1,8 @@
 """Figures 4.1–4.4 of the thesis: accuracy and CLIP-δ against the pruning rate, per method.
 
-One PNG per pruning method (norm, group, vulnerability), two panels (Acc, CLIP-δ), one
-line per attack and layer; the unpruned model is the rate-0 point of every line.
+One PNG per pruning method (norm, group per priority like the thesis's two OTO figures,
+vulnerability), two panels (Acc, CLIP-δ), one line per attack and layer; the unpruned model
+is the rate-0 point of every line.
 """
 
 from __future__ import annotations
@@ -10,9 +11,15 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-PRUNED = ("norm", "group", "vulnerability")
-X_LABEL = {"norm": "share of weights pruned", "group": "share of units pruned per layer",
+PRUNED = ("norm", "group-weight", "group-filter", "vulnerability")
+X_LABEL = {"norm": "share of weights pruned", "group-weight": "target group sparsity",
+           "group-filter": "target group sparsity",
            "vulnerability": "most vulnerable units removed"}  # fmt: skip
+
+
+def _method(row: Mapping[str, Any]) -> str | None:
+    method = row.get("prune_method")
+    return f"group-{row.get('prune_priority') or 'filter'}" if method == "group" else method
 
 
 def pruning_plots(rows: Sequence[Mapping[str, Any]], out_dir: str) -> list[str]:
@@ -26,7 +33,7 @@ def pruning_plots(rows: Sequence[Mapping[str, Any]], out_dir: str) -> list[str]:
     base = [r for r in rows if r.get("prune_method") in (None, "none")]
     paths = []
     for method in PRUNED:
-        mine = [r for r in rows if r.get("prune_method") == method]
+        mine = [r for r in rows if _method(r) == method]
         if not mine:
             continue
         fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
@@ -44,7 +51,10 @@ def pruning_plots(rows: Sequence[Mapping[str, Any]], out_dir: str) -> list[str]:
             ax.set_title(title)
             ax.grid(alpha=0.3)
         axes[1].legend(fontsize=8)
-        fig.suptitle(f"{method} pruning, then attack")
+        fig.suptitle(
+            f"{method.replace('-', ' pruning, ', 1) if '-' in method else method + ' pruning'}"
+            f"{' priority' if '-' in method else ''}, then attack"
+        )
         path = os.path.join(out_dir, f"pruning_{method}.png")
         fig.savefig(path, dpi=110)
         plt.close(fig)

@@ -1,0 +1,119 @@
+"""The thesis's pruning tables from a sweep's report rows.
+
+Two kinds, one of each per pruning method (group pruning: per priority, like the thesis's
+two OTO tables):
+
+- *pruned models* (Tables 4.1–4.4): one column per rate, rows filter pruning rate, weight
+  pruning rate and fine-tuned accuracy — what pruning cost before any attack;
+- *attack results* (Tables C–F): one row per (attack, rate): CLIP-δ, Kendall-τ, CLIP-W,
+  Kτ-W, accuracy before and after the attack, ΔAcc.
+
+The numbers come from the trial runs' params (``weight_pruning_rate``, ``filter_pruning_rate``,
+``fine_tuned_acc``, recorded with the variant) and final metrics, so the tables show what
+MLflow shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+METHODS = ("norm", "group", "vulnerability")
+# the thesis's caption for each method's pruned-model table, and the name of its rate
+TITLES = {"norm": ("Table 4.1", "norm pruning (global L1, unstructured)", "Weight pruning rate"),
+          ("group", "weight"): ("Table 4.2", "group-sparsity pruning, weight priority (Torch-Pruning)",
+                                "Target group sparsity"),
+          ("group", "filter"): ("Table 4.3", "group-sparsity pruning, filter priority (Torch-Pruning)",
+                                "Target group sparsity"),
+          "vulnerability": ("Table 4.4", "vulnerability pruning (highest push-down CLIP-δ)", "Filters pruned")}  # fmt: skip
+ATTACK_TABLES = {"vulnerability": "Table C", "norm": "Table D", ("group", "weight"): "Table E",
+                 ("group", "filter"): "Table F"}  # fmt: skip
+
+
+def _group(row: Mapping[str, Any]) -> Any:
+    method = row.get("prune_method")
+    return (method, row.get("prune_priority") or "filter") if method == "group" else method
+
+
+def _pct(v: Any, signed: bool = False) -> str:
+    if v is None:
+        return "—"
+    return f"{v:+.2f}" if signed else f"{v:.1f}%"
+
+
+def _num(v: Any) -> str:
+    return "—" if v is None else f"{v:.3f}"
+
+
+def _rate_label(method: str, rate: float | None) -> str:
+    if rate is None:
+        return "—"
+    return f"{rate:g}" if method == "vulnerability" else f"{100 * rate:g}%"
+
+
+def _groups(rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, str, list[Mapping[str, Any]]]]:
+    """(group, model, rows) for every pruned method present, in the thesis's order."""
+    order = ["norm", ("group", "weight"), ("group", "filter"), "vulnerability"]
+    out = []
+    for g in order:
+        mine = [r for r in rows if _group(r) == g]
+        for model in sorted({str(r.get("model")) for r in mine}):
+            out.append((g, model, [r for r in mine if str(r.get("model")) == model]))
+    return out
+
+
+def variant_table(group: Any, model: str, rows: Sequence[Mapping[str, Any]]) -> str:
+    """Tables 4.1–4.4: what pruning cost, one column per rate."""
+    number, caption, rate_name = TITLES[group]
+    method = group[0] if isinstance(group, tuple) else group
+    by_rate: dict[float, Mapping[str, Any]] = {}
+    for r in rows:
+        if r.get("prune_rate") is not None:
+            by_rate.setdefault(float(r["prune_rate"]), r)
+    rates = sorted(by_rate)
+    head = [rate_name, *(_rate_label(method, x) for x in rates)]
+
+    def line(name: str, key: str, scale: float) -> str:
+        cells = [_pct(None if by_rate[x].get(key) is None else scale * by_rate[x][key]) for x in rates]
+        return "| " + " | ".join([name, *cells]) + " |"
+
+    return "\n".join([
+        f"**{number} analogue — {model}, {caption}: pruned and fine-tuned models**", "",
+        "| " + " | ".join(head) + " |", "|---|" + "---:|" * len(rates),
+        line("Filter pruning rate", "filter_pruning_rate", 100.0),
+        line("Weight pruning rate", "weight_pruning_rate", 100.0),
+        line("Fine-tuned accuracy", "fine_tuned_acc", 100.0),
+    ]) + "\n"  # fmt: skip
+
+
+def attack_table(group: Any, model: str, rows: Sequence[Mapping[str, Any]]) -> str:
+    """Tables C–F: the attack metrics on each pruned model, attacks grouped, rates ascending."""
+    number = ATTACK_TABLES[group]
+    _, caption, rate_name = TITLES[group]
+    method = group[0] if isinstance(group, tuple) else group
+    order = {"finetune": 0, "push-down": 1, "push-up": 2}
+    ordered = sorted(rows, key=lambda r: (order.get(str(r.get("attack")), 3), str(r.get("attack")),
+                                          str(r.get("layer")), r.get("prune_rate") or 0.0))  # fmt: skip
+    head = [rate_name, "Layer", "Attack", "CLIP-δ", "Kendall-τ", "CLIP-W", "Kτ-W", "Init Acc", "Final Acc",
+            "ΔAcc pp"]  # fmt: skip
+    lines = [
+        f"**{number} analogue — {model}, {caption}: attack results**", "",
+        "| " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * 7,
+    ]  # fmt: skip
+    for r in ordered:
+        cells = [
+            _rate_label(method, r.get("prune_rate")), str(r.get("layer") or "—"), str(r.get("attack") or "—"),
+            _num(r.get("clip_delta")), _num(r.get("kendall_tau")), _num(r.get("clip_w")),
+            _num(r.get("kendall_tau_w")), _pct(r.get("acc_init")), _pct(r.get("acc")),
+            _pct(r.get("delta_acc"), signed=True),
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def pruning_tables(rows: Sequence[Mapping[str, Any]]) -> str:
+    """All pruning tables for the methods present in ``rows`` (empty when nothing was pruned)."""
+    parts = []
+    for group, model, mine in _groups(rows):
+        parts += [variant_table(group, model, mine), attack_table(group, model, mine)]
+    return "\n".join(parts)
