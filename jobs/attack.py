@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs.attack_data import AttackData, TrainStream, prepare_data, steps_per_epoch
+from jobs.attack_data import AttackData, prepare_data, steps_per_epoch
 from jobs.attack_state import find_checkpoint, load_state, rng_state, save_state, set_rng_state
+from jobs.train_stream import TrainStream
 from shared import store
 from shared.alpha import AlphaConfig, next_alpha
 from shared.attacks import SCALES, StepBatch, accuracy, build_attack, get_attack, sample_rows, train_step

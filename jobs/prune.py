@@ -13,12 +13,15 @@ whose manifest exists is reused, not redone. Method ``none`` returns the base un
   in the orchestrator), then fine-tune.
 Structured checkpoints change the architecture: load them with :func:`load_pruned`.
 Fine-tuning follows the thesis: Adam at ``lr`` (1e-5), x0.1 from ``lr_drop_at`` of the steps.
+Training batches stream through Ray Data (:class:`jobs.train_stream.TrainStream`, random
+horizontal flips on top), and the fine-tuned accuracy is the accuracy stage's Acc(θ0) of the
+variant (``jobs.accuracy``, reused by every attack's metrics): neither holds a split in
+memory, so the job runs on ImageNet as on the synthetic set.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,7 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jobs.pretrain import _batch, _load_uint8
+from jobs.accuracy import run_accuracy
+from jobs.attack_data import split_index, steps_per_epoch
+from jobs.train_stream import TrainStream
 from shared import store
 from shared.dataset_meta import dataset_id
 from shared.device import pick_device
@@ -51,8 +56,8 @@ from shared.pruning import (
 
 __all__ = ["CODE_VERSION", "PruneResult", "PruneSpec", "load_pruned", "run_prune"]
 
-CODE_VERSION = "prune-v1"  # bump when pruning or fine-tuning changes what a spec produces
-EXECUTION_ONLY = ("device",)  # settings that do not change the result: kept out of the key
+CODE_VERSION = "prune-v2"  # bump when pruning or fine-tuning changes what a spec produces
+EXECUTION_ONLY = ("device", "cache_mb")  # settings that do not change the result: kept out of the key
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,12 @@ class PruneSpec:
     train_split: str = "train"  # split that is fine-tuned on
     val_split: str = "val"  # split whose top-1 is reported as fine_tuned_acc
     layout: str | None = None  # dataset layout; None = detect
+    block_rows: int = 256  # rows per block that the seeded randomize_block_order permutes
+    shuffle_buffer: int = 1024  # rows in Ray Data's seeded local shuffle buffer
     device: str = field(default="auto", compare=False)  # "auto": CUDA when present, else CPU
+    cache_mb: int = field(
+        default=2048, compare=False
+    )  # keep the decoded train split in Ray's store if it fits
 
     def __post_init__(self) -> None:
         model_info(self.model)  # unknown names fail here, listing the valid ones
@@ -105,7 +115,8 @@ class PruneSpec:
                 raise ValueError(f"PruneSpec.units={self.units!r}: unit indices must be distinct")
         elif self.units:
             raise ValueError(f"PruneSpec.units={self.units!r}: only method 'vulnerability' takes units")
-        for name, low in (("epochs", 1), ("batch_size", 1), ("sparse_epochs", 0)):
+        for name, low in (("epochs", 1), ("batch_size", 1), ("sparse_epochs", 0), ("block_rows", 1),
+                          ("shuffle_buffer", 1)):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"PruneSpec.{name}={value!r}: must be an integer >= {low}")
@@ -149,11 +160,13 @@ def run_prune(spec: PruneSpec, store_uri: str, progress: Progress = no_progress)
             done["fine_tuned_acc"], True, imap,
         )  # fmt: skip
 
+    from jobs.raysetup import ensure_ray
+
+    ensure_ray()  # the stream and the accuracy stage run on Ray Data (joins a running cluster)
     device = pick_device(spec.device)
     info = model_info(spec.model)
     base, meta = build_model(spec.model, weights=spec.weights)
-    train = _load_uint8(spec, spec.train_split)[:2]
-    val = _load_uint8(spec, spec.val_split)[:2]
+    stream = TrainStream(spec, len(split_index(spec.dataset, spec.train_split)[0]), spec.cache_mb * 2**20)
     torch.manual_seed(spec.seed)  # dropout
     model = copy.deepcopy(base).to(device)
     example = torch.zeros(1, 3, info.preprocess.crop, info.preprocess.crop, device=device)
@@ -164,17 +177,16 @@ def run_prune(spec: PruneSpec, store_uri: str, progress: Progress = no_progress)
     elif spec.method == "group":
         if spec.sparse_epochs:
             reg = sparsity_regularizer(model, example, spec.priority, [info.head], spec.sparse_reg)
-            history += _fit(model, spec, train, device, spec.sparse_epochs, "sparse", progress, reg)
+            history += _fit(model, spec, stream, device, spec.sparse_epochs, "sparse", progress, reg)
         model, index_map = group_prune(model, spec.rate, example, spec.priority, protect=[info.head])
     else:
         index_map = _vulnerability(model, spec, info, example)
-    history += _fit(model, spec, train, device, spec.epochs, "fine-tune", progress)
+    history += _fit(model, spec, stream, device, spec.epochs, "fine-tune", progress)
     make_permanent(model)
-    acc = _accuracy(model, val, spec, device)  # leaves the model on the CPU, next to the base
+    model = model.cpu().to(memory_format=torch.contiguous_format)
     rates = {
         "weight_pruning_rate": weight_pruning_rate(base, model),
         "filter_pruning_rate": filter_sparsity(base, model),
-        "fine_tuned_acc": acc,
     }
     record = {
         "kind": "pruned-model",
@@ -187,10 +199,17 @@ def run_prune(spec: PruneSpec, store_uri: str, progress: Progress = no_progress)
         "code_version": CODE_VERSION,
         **rates,
     }
-    model = model.to(memory_format=torch.contiguous_format)
     save_checkpoint(
         model, spec.model, model_uri, {"classes": meta.get("classes"), "index_map": index_map, **record}
     )
+    # Acc(θ0) of the variant on V: the same stage (and key) the attacks' metrics read
+    acc = (
+        run_accuracy(
+            spec.dataset, spec.val_split, spec.model, model_uri, store_uri, key, "init", device=spec.device
+        ).acc
+        / 100.0
+    )
+    record["fine_tuned_acc"] = acc
     files = ["model.pt"]
     if index_map is not None:
         store.write_json(store.join(out, "index_map.json"), index_map)
@@ -227,59 +246,49 @@ def _vulnerability(model: nn.Module, spec: PruneSpec, info, example: torch.Tenso
 def _fit(
     model: nn.Module,
     spec: PruneSpec,
-    train: tuple[torch.Tensor, torch.Tensor],
+    stream: TrainStream,
     device: torch.device,
     epochs: int,
     phase: str,
     progress: Progress,
     after_backward: Callable[[], None] | None = None,
 ) -> list[dict]:
-    """Cross-entropy training with Adam; ``lr`` x0.1 from ``lr_drop_at`` of the steps (fine-tune phase)."""
-    pre = model_info(spec.model).preprocess
+    """Cross-entropy training with Adam; ``lr`` x0.1 from ``lr_drop_at`` of the steps (fine-tune phase).
+
+    Epoch ``e`` of the sparse phase and of fine-tuning read different stream orders (the phase
+    offsets the epoch number), each a function of the seed only.
+    """
     model.to(memory_format=torch.channels_last)  # oneDNN's preferred layout (see jobs.pretrain)
-    x_all, y_all = (t.to(device) for t in train)
-    mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
     gen = torch.Generator().manual_seed(spec.seed)
-    n = len(x_all)
-    steps = math.ceil(n / spec.batch_size)
+    rows = len(split_index(spec.dataset, spec.train_split)[0])
+    steps = steps_per_epoch(rows, spec.batch_size)
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
-    drop_at = spec.lr_drop_at * epochs * steps if phase == "fine-tune" else math.inf
+    drop_at = spec.lr_drop_at * epochs * steps if phase == "fine-tune" else float("inf")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.1 if step >= drop_at else 1.0)
+    offset = 1000 if phase == "sparse" else 0
     history = []
     for epoch in range(epochs):
         model.train()
-        perm = torch.randperm(n, generator=gen).to(device)
-        total = 0.0
-        for s in range(steps):
-            idx = perm[s * spec.batch_size : (s + 1) * spec.batch_size]
-            loss = F.cross_entropy(model(_batch(x_all[idx], pre.crop, mean, std, gen)), y_all[idx])
+        total, seen = 0.0, 0
+        for x, y in stream.labelled(offset + epoch, 0, device):
+            flip = (torch.rand(len(x), generator=gen) < 0.5).to(device)
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)  # the one augmentation kept
+            loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if after_backward is not None:
                 after_backward()
             opt.step()
             sched.step()
-            total += loss.item() * len(idx)
+            total += loss.item() * len(y)
+            seen += len(y)
         history.append(
-            {"phase": phase, "epoch": epoch + 1, "loss": total / n, "lr": opt.param_groups[0]["lr"]}
+            {
+                "phase": phase,
+                "epoch": epoch + 1,
+                "loss": total / max(seen, 1),
+                "lr": opt.param_groups[0]["lr"],
+            }
         )
         progress(epoch + 1, epochs, phase=phase, loss=history[-1]["loss"])
     return history
-
-
-@torch.no_grad()
-def _accuracy(
-    model: nn.Module, val: tuple[torch.Tensor, torch.Tensor], spec: PruneSpec, device: torch.device
-) -> float:
-    pre = model_info(spec.model).preprocess
-    model.to(device).eval()
-    mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
-    x, y = (t.to(device) for t in val)
-    correct = 0
-    for i in range(0, len(x), 256):
-        logits = model(_batch(x[i : i + 256], pre.crop, mean, std, None))
-        correct += int((logits.argmax(1) == y[i : i + 256]).sum())
-    model.cpu()
-    return correct / len(x)

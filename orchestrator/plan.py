@@ -149,8 +149,8 @@ def pruned_variant(spec: Any, prep: Prepared, base: Variant, p: Any, bar) -> Var
 
     units: tuple[int, ...] = ()
     rate = p.rate
+    ensure_ray(spec.ray_address)  # pruning streams its data and measures accuracy on Ray Data
     if p.method == "vulnerability":
-        ensure_ray(spec.ray_address)
         units, rate = vulnerable_units(spec, prep, base, p)
     ps = PruneSpec(
         dataset=prep.dataset, model=base.model, weights=base.weights, base_key=base.key, method=p.method,
