@@ -263,12 +263,16 @@ def estimate(
         return n / min(cost_of(model).forward, decode)
 
     def in_memory(model: str, epochs: int) -> float:
-        """jobs.pretrain / jobs.prune: decode both splits once, train from memory, then Acc on V."""
+        """jobs.pretrain: decode both splits once, train from memory, then Acc on V."""
         return (
             (n_train + n_val) / decode
             + epochs * n_train / cost_of(model).train
             + n_val / cost_of(model).forward
         )
+
+    def streamed(model: str, epochs: int) -> float:
+        """jobs.prune: each epoch streams (and decodes) the train split, then Acc on V (streamed)."""
+        return epochs * (n_train / decode + n_train / cost_of(model).train) + fwd(model, n_val)
 
     stages: dict[str, dict[str, Any]] = {}
     stages["datasets"] = _stage(
@@ -349,7 +353,7 @@ def estimate(
                 variants += 1
                 methods[p.method] = methods.get(p.method, 0) + 1
                 epochs = p.epochs + (p.sparse_epochs if p.method == "group" else 0)
-                prune_secs += in_memory(model, epochs)
+                prune_secs += streamed(model, epochs)
                 prune_bytes += 4 * param_count(model)
                 if p.method == "vulnerability":
                     vuln_runs.add((model, p.layer))
