@@ -22,9 +22,11 @@ memory, so the job runs on ImageNet as on the synthetic set.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -224,12 +226,21 @@ def run_prune(spec: PruneSpec, store_uri: str, progress: Progress = no_progress)
             "files": files,
             "history": history,
             "seconds": time.time() - t0,
+            "ran_on": _where(),
         },
     )
     imap = store.join(out, "index_map.json") if index_map is not None else None
     return PruneResult(
         model_uri, key, rates["weight_pruning_rate"], rates["filter_pruning_rate"], acc, False, imap
     )
+
+
+def _where() -> dict[str, Any]:
+    """Process and Ray node that pruned (for users tracing a variant, and for tests)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    return {"pid": os.getpid(), "node": node}
 
 
 def _vulnerability(model: nn.Module, spec: PruneSpec, info, example: torch.Tensor) -> dict[str, list[int]]:

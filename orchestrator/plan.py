@@ -117,9 +117,9 @@ def prepare(spec: Any, progress_for=None) -> Prepared:
         uri = train_reference_encoder(ds.uri, spec.store, progress=bar("reference encoder") or _noop)
         embedder = f"reference:{uri}"
     prep = Prepared(ds.uri, dataset_id(ds.uri), (), embedder)
-    variants = tuple(
-        base if p.method == "none" else pruned_variant(spec, prep, base, p, bar) for base, p in todo
-    )
+    pruned = [(base, p) for base, p in todo if p.method != "none"]
+    results = iter(_prune_all(spec, prep, pruned, bar))
+    variants = tuple(base if p.method == "none" else _variant(base, p, next(results)) for base, p in todo)
     return dataclasses.replace(prep, variants=variants)
 
 
@@ -140,24 +140,37 @@ def _base_of(spec: Any, m: Any, bar) -> Variant:
     return Variant(m.name, m.weights, key, key)
 
 
-def pruned_variant(spec: Any, prep: Prepared, base: Variant, p: Any, bar) -> Variant:
-    """Phase 1 (SCIENCE.md §4): prune + fine-tune ``base``; stored once under its key, reused by
-    every attack on it. Vulnerability pruning first needs the units' CLIP-δ from a push-down run
-    of the base model on ``p.layer``: that run is planned and run here (reused when stored)."""
-    from jobs.prune import PruneSpec, run_prune
+def _prune_all(spec: Any, prep: Prepared, pruned: list[tuple[Variant, Any]], bar) -> list[Any]:
+    """Phase 1 (SCIENCE.md §4): prune + fine-tune each (base, setting) once, as parallel Ray tasks
+    (:mod:`orchestrator.prune_phase`); stored variants are reused by every attack on them."""
+    if not pruned:
+        return []
     from jobs.raysetup import ensure_ray
+    from orchestrator.prune_phase import run_prunes
+
+    ensure_ray(spec.ray_address)
+    jobs = [prune_spec(spec, prep, base, p) for base, p in pruned]
+    return run_prunes(spec, jobs, bar("pruned variants"))
+
+
+def prune_spec(spec: Any, prep: Prepared, base: Variant, p: Any):
+    """The pruning job of setting ``p`` on ``base``. Vulnerability pruning first needs the units'
+    CLIP-δ from a push-down run of the base model on ``p.layer``: that run is planned and run here,
+    on the driver (reused when stored)."""
+    from jobs.prune import PruneSpec
 
     units: tuple[int, ...] = ()
     rate = p.rate
-    ensure_ray(spec.ray_address)  # pruning streams its data and measures accuracy on Ray Data
     if p.method == "vulnerability":
         units, rate = vulnerable_units(spec, prep, base, p)
-    ps = PruneSpec(
+    return PruneSpec(
         dataset=prep.dataset, model=base.model, weights=base.weights, base_key=base.key, method=p.method,
         rate=rate, priority=p.priority, units=units, layer=p.layer, epochs=p.epochs, lr=p.lr,
         sparse_epochs=p.sparse_epochs, train_split=spec.dataset.train_split, val_split=spec.dataset.val_split,
     )  # fmt: skip
-    res = run_prune(ps, spec.store, progress=bar(f"prune {p.method} {rate:g}") or _noop)
+
+
+def _variant(base: Variant, p: Any, res: Any) -> Variant:
     label = p.rate if p.method != "vulnerability" else float(p.count)
     return Variant(base.model, res.model_uri, res.key, base.key, p.method, label, res.weight_rate,
                    res.filter_rate, res.acc, p.priority if p.method == "group" else "")  # fmt: skip

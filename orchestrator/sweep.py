@@ -206,7 +206,7 @@ def run_trials(spec, sid, todo: list[TrialPlan], tracking_uri, experiment_id, pa
             trainable,
             param_space={"plan": tune.grid_search([p.to_dict() for p in todo])},
             tune_config=tune.TuneConfig(
-                scheduler=AlphaScheduler(sid), max_concurrent_trials=max_concurrent or _concurrency(cpu_per, gpu_per),
+                scheduler=AlphaScheduler(sid), max_concurrent_trials=max_concurrent or concurrency(cpu_per, gpu_per),
                 trial_name_creator=_trial_name, trial_dirname_creator=_trial_name, reuse_actors=True,
             ),
             run_config=run_config,
@@ -226,7 +226,7 @@ def _trial_name(trial) -> str:
     return f"{trial.config['plan']['run_name']}-{trial.trial_id}"
 
 
-def _concurrency(cpu_per: float, gpu_per: float) -> int:
+def concurrency(cpu_per: float, gpu_per: float) -> int:
     """Trials at once: one per GPU; on CPUs leave one core per node for the Ray Data tasks of the trials."""
     import ray
 

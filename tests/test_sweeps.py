@@ -351,12 +351,13 @@ def test_s3_store_and_mlflow_server_then_compare_page_in_chromium(
 
 
 def test_pruned_variants_are_made_once_and_attacked_like_any_model(root):
-    """Phase 1 on the driver: norm, group and vulnerability variants (the last after its push-down
+    """Phase 1 as Ray tasks: norm, group and vulnerability variants (the last after its push-down
     dependency), each stored once; an attack and the tables run on the structured variant."""
     from jobs.attack import run_attack
     from jobs.raysetup import ensure_ray
     from orchestrator.plan import plan_trials, prepare
     from orchestrator.sweep import initial_tables
+    from shared import store
     from shared.models.zoo import build_model
     from shared.pruning import weight_sparsity
 
@@ -375,6 +376,9 @@ def test_pruned_variants_are_made_once_and_attacked_like_any_model(root):
     b, _ = build_model("alexnet_mini", weights=none.weights)
     assert sum(p.numel() for p in g.parameters()) < sum(p.numel() for p in b.parameters())
     assert vuln.prune_rate == 4.0 and vuln.fine_tuned_acc is not None
+    for v in (norm, group, vuln):  # each pruned as a Ray task (orchestrator.prune_phase), not on the driver
+        ran_on = store.read_manifest(v.weights.rsplit("/", 1)[0])["ran_on"]
+        assert ran_on["pid"] != os.getpid() and ran_on["node"]
     assert prepare(spec).variants == prep.variants  # a second plan reuses every stored variant
     initial_tables(spec, prep)
     plans = plan_trials(spec, prep)
