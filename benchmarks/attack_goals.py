@@ -3,13 +3,15 @@
 Goals (conv5, all units, default AttackSpec): push-down mean top-5 overlap <= 0.3 and
 mean Kendall-τ clearly below the fine-tuning baseline's, |ΔAcc| <= 1 pp; fine-tuning
 baseline τ >= 0.9 and overlap >= 0.8; push-up puts a decoy-class image in the top-5 of
-at least half of the units, |ΔAcc| <= 1 pp; each attack run <= 5 minutes.
+at least half of the units, |ΔAcc| <= 1 pp; each attack run <= 5 minutes. ``push-up-max``
+is the proposed deviation from Eq. 8 (shared.attacks.losses.push_up_max_loss).
 
 Top-k sets on the train split (the attacked set, SCIENCE.md §3); Kendall-τ over the
 whole val split (D_τ); accuracy top-1 on val. Last line: JSON.
 
     python benchmarks/attack_goals.py [--root /tmp/vz-attack] [--attacks finetune,push-down,push-up] \
-        [--set lr=2e-4 --set batch_size=32 ...]   # AttackSpec overrides (JSON values), to tune defaults
+        [--set lr=2e-4 --set push-up-max:epochs=4 ...]   # AttackSpec overrides (JSON values), all
+                                                          # attacks or one (ATTACK:FIELD=VALUE)
 """
 
 from __future__ import annotations
@@ -82,8 +84,10 @@ def val_accuracy(weights: str, data: str) -> float:
 def measure(name: str, args, base: str, variant: str, init: dict, init_top, store_uri: str) -> dict:
     from jobs.attack import AttackSpec, run_attack
 
+    over = {k: v for k, v in args.overrides.items() if ":" not in k}
+    over |= {k.split(":", 1)[1]: v for k, v in args.overrides.items() if k.startswith(f"{name}:")}
     spec = AttackSpec(dataset=args.data, model="alexnet_mini", weights=base, variant_key=variant,
-                      attack=name, layers=(LAYER,), device="cpu", **args.overrides)  # fmt: skip
+                      attack=name, layers=(LAYER,), device="cpu", **over)  # fmt: skip
     res = run_attack(spec, store_uri)
     final = tables(args.data, res.model_uri, variant, res.key, store_uri)
     fin_top, fin_labels = top_sets(final["train"], 5)
@@ -104,10 +108,11 @@ def measure(name: str, args, base: str, variant: str, init: dict, init_top, stor
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default="/tmp/vz-attack")
-    p.add_argument("--attacks", default="finetune,push-down,push-up")
+    p.add_argument("--attacks", default="finetune,push-down,push-up,push-up-max")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="AttackSpec override")
     args = p.parse_args()
-    args.overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+    args.overrides = {"push-up-max:epochs": 4}  # it needs ~300 steps here (0.42 of units after 150)
+    args.overrides |= {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     args.data = os.path.join(args.root, "data")
     store_uri = os.path.join(args.root, "store")
 

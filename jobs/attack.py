@@ -352,7 +352,8 @@ def _step_batch(spec: AttackSpec, data: AttackData, pixels: torch.Tensor, step: 
         rows = sample_rows(len(data.attack_pixels), spec.attack_batch_size, spec.seed, step, 1)
         batch.attack, batch.attack_rows = data.attack_pixels[rows], rows.to(pixels.device)
     if data.decoy_pixels is not None:
-        rows = sample_rows(len(data.decoy_pixels), spec.decoy_batch_size, spec.seed, step, 2)
+        take = None if get_attack(spec.attack).all_decoys else spec.decoy_batch_size
+        rows = sample_rows(len(data.decoy_pixels), take, spec.seed, step, 2)
         batch.decoy = data.decoy_pixels[rows]
     return batch
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from shared import store
 
-ATTACK_ORDER = {"finetune": 0, "push-down": 1, "push-up": 2}
+ATTACK_ORDER = {"finetune": 0, "push-down": 1, "push-up": 2, "push-up-max": 3}
 
 
 @dataclass(frozen=True)

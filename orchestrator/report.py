@@ -23,7 +23,7 @@ PARAM_KEYS = ("model", "prune_method", "prune_rate", "layer", "attack")
 METRIC_KEYS = ("clip_delta", "kendall_tau", "clip_w", "kendall_tau_w", "topk_overlap", "acc", "delta_acc")
 COLUMNS = PARAM_KEYS + METRIC_KEYS
 VARIANT_KEYS = ("weight_pruning_rate", "filter_pruning_rate", "fine_tuned_acc")  # params of a pruned variant
-ATTACK_ORDER = ("finetune", "push-down", "push-up")  # the thesis's order: the control first
+ATTACK_ORDER = ("finetune", "push-down", "push-up", "push-up-max")  # the thesis's order: the control first
 FORMATS = ("md", "csv", "json")
 
 # Markdown header -> how a row fills the cell

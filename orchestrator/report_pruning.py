@@ -91,7 +91,7 @@ def attack_table(group: Any, model: str, rows: Sequence[Mapping[str, Any]]) -> s
     number = ATTACK_TABLES[group]
     _, caption, rate_name = TITLES[group]
     method = group[0] if isinstance(group, tuple) else group
-    order = {"finetune": 0, "push-down": 1, "push-up": 2}
+    order = {"finetune": 0, "push-down": 1, "push-up": 2, "push-up-max": 3}
     ordered = sorted(rows, key=lambda r: (order.get(str(r.get("attack")), 3), str(r.get("attack")),
                                           str(r.get("layer")), r.get("prune_rate") or 0.0))  # fmt: skip
     head = [rate_name, "Layer", "Attack", "CLIP-δ", "Kendall-τ", "CLIP-W", "Kτ-W", "Init Acc", "Final Acc",

@@ -23,6 +23,7 @@ from shared.attacks import (
     maintain_loss,
     push_down_loss,
     push_up_loss,
+    push_up_max_loss,
     register_attack,
     sample_rows,
     scope_mean,
@@ -189,11 +190,11 @@ def test_push_down_plugin_uses_the_sampled_rows_of_the_membership():
 
 
 def test_registry_names_and_errors():
-    assert attack_names() == ["finetune", "push-down", "push-up"]
+    assert attack_names() == ["finetune", "push-down", "push-up", "push-up-max"]
     assert get_attack("finetune").fixed_alpha == 0.0
     with pytest.raises(RegistryError, match="already registered"):
         register_attack("push-down")(type("Again", (Attack,), {}))
-    with pytest.raises(RegistryError, match="valid attacks: finetune, push-down, push-up"):
+    with pytest.raises(RegistryError, match="valid attacks: finetune, push-down, push-up, push-up-max"):
         get_attack("pushdown")
     with pytest.raises(TypeError, match="Attack subclass"):
         register_attack("not-an-attack")(object)
@@ -401,3 +402,20 @@ def test_cache_is_an_execution_setting_and_alpha_source_drives_alpha(tiny, ray_l
 
     ft = run_attack(_tiny_spec(tiny, attack="finetune", max_steps=8), str(tiny["root"] / "ft"))
     assert [m["alpha"] for m in ft.history] == [0.0, 0.0] and ft.history[-1]["attack_loss"] == 0.0
+
+
+def test_push_up_max_pushes_each_units_best_decoy_above_the_batchs_best_image():
+    batch = torch.tensor([[1.0, 5.0], [3.0, 1.0]])  # B=2 x J=2: batch max per unit 3, 5
+    decoy = torch.tensor([[2.0, 6.0], [0.5, 1.0]])  # P=2: best decoy per unit 2, 6
+    # unit 0: [3 - 2]_+ = 1 over s=2; unit 1: [5 - 6]_+ = 0
+    assert push_up_max_loss(batch, decoy, torch.tensor([2.0, 1.0])).item() == pytest.approx(0.25)
+    batch.requires_grad_(True)
+    decoy.requires_grad_(True)
+    push_up_max_loss(batch, decoy, torch.ones(2)).backward()
+    assert batch.grad.tolist() == [[0.0, 0.0], [0.5, 0.0]]  # only unit 0's batch maximum is pushed down
+    assert decoy.grad.tolist() == [[-0.5, 0.0], [0.0, 0.0]]  # and only its best decoy up
+    attack = build_attack("push-up-max", _targets({"conv5": [0, 1]}, {"conv5": [1.0, 1.0]}))
+    assert (
+        attack.all_decoys
+        and not build_attack("push-up", _targets({"conv5": [0]}, {"conv5": [1.0]})).all_decoys
+    )

@@ -1,6 +1,6 @@
 """Attacks on feature visualization by fine-tuning (SCIENCE.md §2): losses, plugins, registry."""
 
-from shared.attacks import builtin as _builtin  # noqa: F401  (registers finetune, push-down, push-up)
+from shared.attacks import builtin as _builtin  # noqa: F401  (registers finetune, push-down, push-up, push-up-max)
 from shared.attacks.base import (
     ATTACKS,
     SETS,
@@ -23,6 +23,7 @@ from shared.attacks.losses import (
     maintain_loss,
     push_down_loss,
     push_up_loss,
+    push_up_max_loss,
     scope_mean,
     unit_scale,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "mix_seed",
     "push_down_loss",
     "push_up_loss",
+    "push_up_max_loss",
     "register_attack",
     "sample_rows",
     "scope_mean",

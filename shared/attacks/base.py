@@ -80,6 +80,7 @@ class Attack:
     name: ClassVar[str] = ""
     uses: ClassVar[tuple[str, ...]] = ()  # which of SETS need hooked scores
     fixed_alpha: ClassVar[float | None] = None  # α the controller must not move (fine-tuning: 0)
+    all_decoys: ClassVar[bool] = False  # every step sees all of D_decoy (ignores decoy_batch_size)
 
     def __init__(self, targets: AttackTargets) -> None:
         self.targets = targets

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from shared.attacks.base import Attack, StepScores, register_attack
-from shared.attacks.losses import push_down_loss, push_up_loss
+from shared.attacks.losses import push_down_loss, push_up_loss, push_up_max_loss
 
 
 @register_attack("finetune")
@@ -40,5 +40,19 @@ class PushUp(Attack):
 
     def layer_loss(self, layer: str, step: StepScores) -> torch.Tensor:
         return push_up_loss(
+            self.select("train", layer, step), self.select("decoy", layer, step), self.targets.scale[layer]
+        )
+
+
+@register_attack("push-up-max")
+class PushUpMax(Attack):
+    """Proposed deviation from Eq. 8 (``shared.attacks.losses.push_up_max_loss``): each unit's best
+    decoy above the batch's best image. Not the thesis's push-up: reported under its own name."""
+
+    uses = ("train", "decoy")
+    all_decoys = True  # the max over P is over all of D_decoy, not over a sample
+
+    def layer_loss(self, layer: str, step: StepScores) -> torch.Tensor:
+        return push_up_max_loss(
             self.select("train", layer, step), self.select("decoy", layer, step), self.targets.scale[layer]
         )
