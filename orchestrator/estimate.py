@@ -51,7 +51,6 @@ from shared import store
 GPU = "NVIDIA A10G, AWS g5.xlarge (1 GPU, 4 vCPU, 16 GiB)"
 USD_PER_GPU_HOUR = 1.006  # ASSUMED: g5.xlarge on-demand, us-west-2; spot is usually less
 CPUS_PER_GPU = 4  # vCPUs beside each A10G on a g5.xlarge: they decode the images a GPU consumes
-NODE_MEMORY_GIB = 16  # g5.xlarge host memory
 
 
 @dataclass(frozen=True)
@@ -450,24 +449,14 @@ def _crop(model: str) -> int:
 
 
 def _warnings(spec: SweepSpec, data: Mapping[str, Any], models: list[str]) -> list[str]:
-    from shared.models.zoo import model_info
 
     out = []
-    if any(p.method != "none" for p in spec.pruning):
+    if any(p.method == "vulnerability" for p in spec.pruning):
         out.append(
-            "pruning (and vulnerability pruning's push-down ranking run) runs in the sweep driver "
-            "(orchestrator.plan.prepare -> jobs.prune.run_prune), not in a GPU trial: on docs/cluster.md's "
-            "cluster the driver is the CPU-only head node"
+            "vulnerability pruning's push-down ranking run (one per model and layer) runs in the sweep "
+            "driver (orchestrator.plan.vulnerable_units), not in a GPU trial: on docs/cluster.md's cluster "
+            "the driver is the CPU-only head node"
         )
-        for model in dict.fromkeys(models):
-            r = model_info(model).preprocess.resize
-            gib = data["train_images"] * 3 * r * r / 2**30
-            if gib > NODE_MEMORY_GIB:
-                out.append(
-                    f"jobs.prune decodes the whole train split into memory and onto the device: "
-                    f"{data['train_images']:,} × 3 × {r} × {r} bytes = {gib:,.0f} GiB for {model}, more than a "
-                    f"g5.xlarge's {NODE_MEMORY_GIB} GiB (or an A10G's 24 GB)"
-                )
     if spec.resources.gpus_per_trial == "auto" and store.local_path(spec.store) is None:
         out.append(
             "gpus_per_trial: auto means 0 on a cluster that starts without GPU workers (docs/cluster.md §5); "
