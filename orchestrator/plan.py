@@ -149,11 +149,11 @@ def _prune_all(spec: Any, prep: Prepared, pruned: list[tuple[Variant, Any]], bar
     from orchestrator.prune_phase import run_prunes
 
     ensure_ray(spec.ray_address)
-    jobs = [prune_spec(spec, prep, base, p) for base, p in pruned]
+    jobs = [prune_spec(spec, prep, base, p, bar) for base, p in pruned]
     return run_prunes(spec, jobs, bar("pruned variants"))
 
 
-def prune_spec(spec: Any, prep: Prepared, base: Variant, p: Any):
+def prune_spec(spec: Any, prep: Prepared, base: Variant, p: Any, bar=None):
     """The pruning job of setting ``p`` on ``base``. Vulnerability pruning first needs the units'
     CLIP-δ from a push-down run of the base model on ``p.layer``: that run is planned and run here,
     on the driver (reused when stored)."""
@@ -162,7 +162,8 @@ def prune_spec(spec: Any, prep: Prepared, base: Variant, p: Any):
     units: tuple[int, ...] = ()
     rate = p.rate
     if p.method == "vulnerability":
-        units, rate = vulnerable_units(spec, prep, base, p)
+        progress = (bar or (lambda name: None))(f"ranking {base.model} {p.layer} units (push-down)")
+        units, rate = vulnerable_units(spec, prep, base, p, progress)
     return PruneSpec(
         dataset=prep.dataset, model=base.model, weights=base.weights, base_key=base.key, method=p.method,
         rate=rate, priority=p.priority, units=units, layer=p.layer, epochs=p.epochs, lr=p.lr,
@@ -176,7 +177,9 @@ def _variant(base: Variant, p: Any, res: Any) -> Variant:
                    res.filter_rate, res.acc, p.priority if p.method == "group" else "")  # fmt: skip
 
 
-def vulnerable_units(spec: Any, prep: Prepared, base: Variant, p: Any) -> tuple[tuple[int, ...], float]:
+def vulnerable_units(
+    spec: Any, prep: Prepared, base: Variant, p: Any, progress=None
+) -> tuple[tuple[int, ...], float]:
     """The ``p.count`` units of ``p.layer`` with the highest CLIP-δ under push-down, and their share."""
     from jobs.attack import run_attack
     from jobs.metrics import read_unit_metrics, run_metrics
@@ -186,7 +189,10 @@ def vulnerable_units(spec: Any, prep: Prepared, base: Variant, p: Any) -> tuple[
     initial_tables_for(spec, prep.dataset, base, (p.layer,))
     attack = next((a for a in spec.attacks if a.name == "push-down"), _PushDown())
     plan = _plan(spec, prep, base, attack, (p.layer,), spec.seeds[0], spec.training, _alpha_dict(spec))
-    run_attack(plan.attack_spec(), spec.store)
+    report = None
+    if progress is not None:
+        report = lambda m: progress(int(m["step"]), None, acc_drop=float(m.get("acc_drop", 0.0)))  # noqa: E731
+    run_attack(plan.attack_spec(), spec.store, report=report)
     mres = run_metrics(plan.metrics_spec(), spec.store)
     table = read_unit_metrics(mres.per[(p.layer, spec.dataset.train_split)].uri)
     units = rank_by_clip_delta(table, p.count)

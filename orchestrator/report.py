@@ -55,7 +55,7 @@ def row_of(run: Run) -> dict[str, Any]:
 
 
 def _sort_key(row: Mapping[str, Any]) -> tuple:
-    """model, prune method, rate, layer, then attacks in the thesis's order (others after, by name)."""
+    """model, prune method (unpruned first), rate, layer, then attacks in the thesis's order (others after)."""
 
     def text(v: Any) -> tuple[bool, str]:
         return (v is None, "" if v is None else str(v))
@@ -64,9 +64,16 @@ def _sort_key(row: Mapping[str, Any]) -> tuple:
     rank = ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else len(ATTACK_ORDER)
     rate = row.get("prune_rate")
     return (
-        text(row.get("model")), text(row.get("prune_method")), (rate is None, rate or 0.0),
+        text(row.get("model")), _method_rank(row.get("prune_method")), (rate is None, rate or 0.0),
         text(row.get("layer")), rank, text(attack),
     )  # fmt: skip
+
+
+PRUNE_ORDER = ("none", "norm", "group", "vulnerability")  # the unpruned control first
+
+
+def _method_rank(method: Any) -> tuple[int, str]:
+    return (PRUNE_ORDER.index(method) if method in PRUNE_ORDER else len(PRUNE_ORDER), str(method or ""))
 
 
 def sort_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

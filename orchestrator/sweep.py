@@ -46,6 +46,9 @@ class SweepResult:
     seconds: float = 0.0
 
 
+BAR_UNITS = (("data", "img"), ("variants", "variant"), ("ranking", "step"))  # driver stage -> bar unit
+
+
 def write_status(sdir: str, **fields: Any) -> None:
     uri = store.join(sdir, "status.json")
     old = store.read_json(uri) if store.exists(uri) else {}
@@ -72,7 +75,8 @@ def launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None)
             return None
         for b in bars:
             b.close()
-        b = Bar(name, unit="img" if "data" in name else "epoch")
+        unit = next((u for key, u in BAR_UNITS if key in name), "epoch")
+        b = Bar(name, unit=unit)
         bars.append(b)
         return b
 

@@ -64,3 +64,19 @@ def test_one_figure_per_method_with_the_unpruned_point(tmp_path):
         "pruning_norm.png", "pruning_group-weight.png", "pruning_group-filter.png", "pruning_vulnerability.png",
     ]  # fmt: skip
     assert all(open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_the_main_table_lists_the_unpruned_model_first():
+    from orchestrator.report import sort_rows
+
+    rows = sort_rows(ROWS)
+    assert [r["prune_method"] for r in rows] == [
+        "none",
+        "norm",
+        "norm",
+        "norm",
+        "group",
+        "group",
+        "vulnerability",
+    ]
+    assert [r["prune_rate"] for r in rows[1:4]] == [0.25, 0.5, 0.5]
