@@ -299,10 +299,15 @@ def weights_kind(weights: str) -> str:
 
 
 def default_tracking_uri(store_uri: str) -> str:
-    """sqlite beside a local store; for an ``s3://`` store ``./mlflow.db`` in the working directory,
-    as sqlite needs a local file (a cluster names its MLflow server in tracking_uri instead)."""
+    """The sqlite database that belongs to a store: next to a local store, in the cwd for S3.
+
+    A local store keeps its runs with its data, so moving or deleting the folder moves or
+    deletes both. An S3 store cannot hold a sqlite file, so the database stays where the user
+    launched the sweep (a cluster names its MLflow server in tracking_uri instead).
+    """
     local = store.local_path(store_uri)
-    return "sqlite:///" + os.path.join(local if local is not None else os.getcwd(), "mlflow.db")
+    folder = local if local is not None else os.getcwd()
+    return f"sqlite:///{os.path.abspath(folder)}/mlflow.db"
 
 
 def _weights_problem(info: ModelInfo, weights: str) -> str | None:

@@ -59,7 +59,8 @@ def launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None)
     """Run (or finish) the sweep ``spec``; returns when every trial has ended."""
     from jobs.raysetup import ensure_ray
     from orchestrator.progress import Bar, SweepProgress
-    from orchestrator.tracking import SweepTracker, default_tracking_uri
+    from orchestrator.spec import default_tracking_uri
+    from orchestrator.tracking import SweepTracker
 
     t0 = time.time()
     sid = sweep_id_for(spec)

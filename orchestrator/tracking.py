@@ -33,8 +33,6 @@ from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from shared import store
-
 log = logging.getLogger(__name__)
 
 TAG_SWEEP = "vizsweep.sweep_id"
@@ -52,18 +50,6 @@ FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 _TERMINAL = {FINISHED, FAILED, KILLED}
 
 # --------------------------------------------------------------------------- URIs
-
-
-def default_tracking_uri(store_uri: str) -> str:
-    """The sqlite database that belongs to a store: next to a local store, in the cwd for S3.
-
-    A local store keeps its runs with its data, so moving or deleting the folder
-    moves or deletes both. An S3 store cannot hold a sqlite file, so the
-    database stays where the user launched the sweep.
-    """
-    local = store.local_path(store_uri)
-    folder = local if local is not None else os.getcwd()
-    return f"sqlite:///{os.path.abspath(folder)}/mlflow.db"
 
 
 def compare_url(server_uri: str, experiment_id: str, run_ids: Iterable[str]) -> str:

@@ -14,7 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import tracking
 from orchestrator.report import COLUMNS, render, report_rows
-from orchestrator.tracking import SweepTracker, TrialRun, compare_url, default_tracking_uri, safe_params
+from orchestrator.spec import default_tracking_uri
+from orchestrator.tracking import SweepTracker, TrialRun, compare_url, safe_params
 
 SECRET = "wJalrXUtnFEMI/K7MDENG-topsecret"
 
