@@ -271,8 +271,7 @@ def _fit(
     """
     model.to(memory_format=torch.channels_last)  # oneDNN's preferred layout (see jobs.pretrain)
     gen = torch.Generator().manual_seed(spec.seed)
-    rows = len(split_index(spec.dataset, spec.train_split)[0])
-    steps = steps_per_epoch(rows, spec.batch_size)
+    steps = steps_per_epoch(stream.rows, spec.batch_size)
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
     drop_at = spec.lr_drop_at * epochs * steps if phase == "fine-tune" else float("inf")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.1 if step >= drop_at else 1.0)

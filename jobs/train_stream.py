@@ -55,6 +55,7 @@ class TrainStream:
 
     def __init__(self, spec: StreamSettings, rows: int, cache_bytes: int) -> None:
         self.spec = spec
+        self.rows = rows  # images in the split (from its index)
         self.pre = model_info(spec.model).preprocess
         self.cached = None
         if rows * 3 * self.pre.crop**2 * 4 <= cache_bytes:

@@ -81,22 +81,22 @@ def _print_pruning(store_uri: str, sweep_id: str, tracking_uri: str, rows: list[
     tables = pruning_tables(rows)
     if tables:
         print(tables)
-    for path in report_figures(store_uri, sweep_id, tracking_uri, rows):
+    for path in report_figures(store_uri, sweep_id, tracking_uri, rows, tables):
         print(f"{'table' if path.endswith('.md') else 'figure'}: {path}")
 
 
-def report_figures(store_uri: str, sweep_id: str, tracking_uri: str, rows: list[dict]) -> list[str]:
+def report_figures(
+    store_uri: str, sweep_id: str, tracking_uri: str, rows: list[dict], tables: str
+) -> list[str]:
     """The pruning tables (4.1–4.4, C–F) and figures (Figs. 4.1–4.4) in the sweep's folder, also
     logged to its parent run; nothing when the sweep pruned nothing."""
     import tempfile
 
     from orchestrator.report_plots import pruning_plots
-    from orchestrator.report_pruning import pruning_tables
     from orchestrator.tracking import client, find_parent_run
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = pruning_plots(rows, tmp)
-        tables = pruning_tables(rows)
         if tables:
             paths.append(os.path.join(tmp, "pruning_tables.md"))
             with open(paths[-1], "w") as f:

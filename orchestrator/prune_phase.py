@@ -31,9 +31,10 @@ def task_resources(spec: Any) -> dict[str, float]:
     of the smallest node: CPU training scales with threads, and Ray Data's reads need one core."""
     import ray
 
+    from orchestrator.sweep import gpus_per_trial
+
     res = spec.resources
-    gpus = float(ray.cluster_resources().get("GPU", 0))
-    gpu = (1.0 if gpus >= 1 else 0.0) if res.gpus_per_trial == "auto" else float(res.gpus_per_trial)
+    gpu = gpus_per_trial(spec)
     if gpu > 0:
         return {"num_cpus": float(res.cpus_per_trial), "num_gpus": gpu}
     sizes = [

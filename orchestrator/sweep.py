@@ -188,10 +188,8 @@ def run_trials(spec, sid, todo: list[TrialPlan], tracking_uri, experiment_id, pa
     ctx = TrialContext(
         sid, store.normalize(spec.store), tracking_uri, experiment_id, parent, store.current_s3()
     )
-    gpus = float(ray.cluster_resources().get("GPU", 0))
-    res = spec.resources
-    gpu_per = (1.0 if gpus >= 1 else 0.0) if res.gpus_per_trial == "auto" else float(res.gpus_per_trial)
-    cpu_per = float(res.cpus_per_trial)
+    gpu_per = gpus_per_trial(spec)
+    cpu_per = float(spec.resources.cpus_per_trial)
     trainable = tune.with_resources(
         tune.with_parameters(attack_trial, ctx=ctx), {"cpu": cpu_per, "gpu": gpu_per}
     )
@@ -229,6 +227,16 @@ def run_trials(spec, sid, todo: list[TrialPlan], tracking_uri, experiment_id, pa
 
 def _trial_name(trial) -> str:
     return f"{trial.config['plan']['run_name']}-{trial.trial_id}"
+
+
+def gpus_per_trial(spec: Any) -> float:
+    """GPUs of one trial (or pruning task): ``auto`` is 1 when the cluster has GPUs, else 0."""
+    import ray
+
+    res = spec.resources
+    if res.gpus_per_trial != "auto":
+        return float(res.gpus_per_trial)
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 
 def concurrency(cpu_per: float, gpu_per: float) -> int:
