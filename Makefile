@@ -15,6 +15,9 @@ install: $(STAMP)
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.lock
+	@# torchattacks (a test oracle only) pins requests~=2.25 for no reason of ours: without --no-deps it
+	@# would downgrade the requests that MLflow and boto3 need.
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps torchattacks==3.5.1
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
@@ -41,6 +44,7 @@ bench: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf vizsweep-store vizsweep-data .pytest_cache
