@@ -43,6 +43,10 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(sorted(self._items))}"
             ) from None
 
+    def in_order(self) -> list[T]:
+        """The registered objects in registration order (declaration order is meaningful for reports)."""
+        return list(self._items.values())
+
     def names(self) -> list[str]:
         return sorted(self._items)
 

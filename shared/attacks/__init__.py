@@ -1,6 +1,9 @@
-"""Attacks on feature visualization by fine-tuning (SCIENCE.md §2): losses, plugins, registry."""
+"""Attack families and their attacks (SCIENCE.md §2, §6, §7): records, plugins, registries, losses.
 
-from shared.attacks import builtin as _builtin  # noqa: F401  (registers finetune, push-down, push-up, push-up-max)
+Importing this package registers the built-in families (``featureviz``: the thesis's attacks).
+"""
+
+from shared.attacks import featureviz as _featureviz  # noqa: F401  (registers the thesis's family)
 from shared.attacks.base import (
     ATTACKS,
     SETS,
@@ -9,6 +12,8 @@ from shared.attacks.base import (
     StepBatch,
     StepLosses,
     StepScores,
+    UnitInputs,
+    UnitScoreAttack,
     accuracy,
     attack_names,
     build_attack,
@@ -18,35 +23,57 @@ from shared.attacks.base import (
     sample_rows,
     train_step,
 )
+from shared.attacks.family import (
+    FAMILIES,
+    AttackConfig,
+    AttackFamily,
+    ConfigProblem,
+    attack_order,
+    config_models,
+    families,
+    family_of,
+    register_family,
+)
 from shared.attacks.losses import (
     SCALES,
     maintain_loss,
     push_down_loss,
     push_up_loss,
-    push_up_max_loss,
+    push_up_pairwise_loss,
     scope_mean,
     unit_scale,
 )
 
 __all__ = [
     "ATTACKS",
+    "FAMILIES",
     "SCALES",
     "SETS",
     "Attack",
+    "AttackConfig",
+    "AttackFamily",
     "AttackTargets",
+    "ConfigProblem",
     "StepBatch",
     "StepLosses",
     "StepScores",
+    "UnitInputs",
+    "UnitScoreAttack",
     "accuracy",
     "attack_names",
+    "attack_order",
     "build_attack",
+    "config_models",
+    "families",
+    "family_of",
     "get_attack",
     "maintain_loss",
     "mix_seed",
     "push_down_loss",
     "push_up_loss",
-    "push_up_max_loss",
+    "push_up_pairwise_loss",
     "register_attack",
+    "register_family",
     "sample_rows",
     "scope_mean",
     "train_step",

@@ -14,9 +14,9 @@ raises) and a failed lookup lists the registered names.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -75,15 +75,45 @@ class StepScores:
 
 
 class Attack:
-    """Base class: override :meth:`layer_loss` (and set ``uses``); the scope mean is shared."""
+    """Base class of every attack that fine-tunes weights: one step's ``(L_A, L_M)`` of Eq. 5.
+
+    Subclasses override :meth:`step_losses` (and :meth:`batch` when a step needs more than
+    the training batch). ``inputs`` is what the family's data provider prepared (for the
+    thesis's family an :class:`AttackTargets`), ``config`` the family config's job settings.
+    """
 
     name: ClassVar[str] = ""
-    uses: ClassVar[tuple[str, ...]] = ()  # which of SETS need hooked scores
     fixed_alpha: ClassVar[float | None] = None  # α the controller must not move (fine-tuning: 0)
+
+    def __init__(self, inputs: Any = None, config: Mapping[str, Any] | None = None) -> None:
+        self.inputs = inputs
+        self.config = dict(config or {})
+
+    def batch(self, train: torch.Tensor, labels: torch.Tensor | None, step: int, seed: int) -> StepBatch:
+        """The pixels of one step; a pure function of (seed, step) so resumes need no state."""
+        return StepBatch(train=train, labels=labels)
+
+    def step_losses(
+        self, model: nn.Module, model_name: str, teacher_logits: torch.Tensor, batch: StepBatch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(L_A, L_M)`` of one step (with graphs); the loop mixes them with α and steps."""
+        raise NotImplementedError(f"{type(self).__name__} must implement step_losses")
+
+
+class UnitScoreAttack(Attack):
+    """The thesis's attacks (SCIENCE.md §2): a loss on hooked unit scores; override :meth:`layer_loss`.
+
+    ``uses`` names the image sets whose scores a step needs: the training batch, a sample of
+    D_attack, D_decoy; the maintain loss is Eq. 6's distillation from the frozen θ0.
+    """
+
+    uses: ClassVar[tuple[str, ...]] = ()  # which of SETS need hooked scores
     all_decoys: ClassVar[bool] = False  # every step sees all of D_decoy (ignores decoy_batch_size)
 
-    def __init__(self, targets: AttackTargets) -> None:
-        self.targets = targets
+    def __init__(self, inputs: Any = None, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(inputs, config)
+        self.targets: AttackTargets = inputs.targets if isinstance(inputs, UnitInputs) else inputs
+        self.pixels = inputs if isinstance(inputs, UnitInputs) else UnitInputs(self.targets)
 
     def layer_loss(self, layer: str, step: StepScores) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement layer_loss (its L_A on one layer)")
@@ -96,6 +126,52 @@ class Attack:
         """The attacked units' columns of one set's scores."""
         return step.get(kind, layer)[:, self.targets.units[layer]]
 
+    def batch(self, train: torch.Tensor, labels: torch.Tensor | None, step: int, seed: int) -> StepBatch:
+        """The training batch plus this step's D_attack / D_decoy samples (pure functions of seed and step)."""
+        out = StepBatch(train=train, labels=labels)
+        p = self.pixels
+        if "attack" in self.uses and p.attack is not None:
+            rows = sample_rows(len(p.attack), self.config.get("attack_batch_size"), seed, step, 1)
+            out.attack, out.attack_rows = p.attack[rows.to(p.attack.device)], rows.to(train.device)
+        if "decoy" in self.uses and p.decoy is not None:
+            take = None if self.all_decoys else self.config.get("decoy_batch_size")
+            out.decoy = p.decoy[sample_rows(len(p.decoy), take, seed, step, 2).to(p.decoy.device)]
+        return out
+
+    def step_losses(
+        self, model: nn.Module, model_name: str, teacher_logits: torch.Tensor, batch: StepBatch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        layers = list(self.targets.layers)
+        scores: dict[str, dict[str, torch.Tensor]] = {}
+        if "train" in self.uses:
+            with UnitScores(model, model_name, layers, detach=False) as rec:
+                logits = rec.run(batch.train)
+            scores["train"] = rec.scores
+        else:
+            logits = model(batch.train)
+        for kind in ("attack", "decoy"):
+            if kind not in self.uses:
+                continue
+            pixels = getattr(batch, kind)
+            if pixels is None:
+                raise ValueError(f"attack {self.name!r} uses the {kind!r} set but the step has no {kind} pixels")
+            with UnitScores(model, model_name, layers, detach=False) as rec:
+                rec.run(pixels, stop_early=True)  # only the hooked layers' scores are needed
+            scores[kind] = rec.scores
+        l_m = maintain_loss(logits, teacher_logits)
+        if not self.uses:
+            return torch.zeros((), device=l_m.device), l_m
+        return self.loss(StepScores(scores, batch.attack_rows)), l_m
+
+
+@dataclass
+class UnitInputs:
+    """What the thesis's attacks get from their data provider: targets and the fixed image sets."""
+
+    targets: AttackTargets
+    attack: torch.Tensor | None = None  # decoded D_attack, rows of targets.member
+    decoy: torch.Tensor | None = None  # decoded D_decoy
+
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
 
@@ -106,7 +182,7 @@ def register_attack(name: str) -> Callable[[type[Attack]], type[Attack]]:
     def deco(cls: type[Attack]) -> type[Attack]:
         if not (isinstance(cls, type) and issubclass(cls, Attack)):
             raise TypeError(f"register_attack({name!r}) needs an Attack subclass, got {cls!r}")
-        bad = [u for u in cls.uses if u not in SETS]
+        bad = [u for u in getattr(cls, "uses", ()) if u not in SETS]
         if bad:
             raise ValueError(f"attack {name!r} uses unknown image sets {bad}; valid: {', '.join(SETS)}")
         ATTACKS.register(name)(cls)
@@ -124,8 +200,9 @@ def attack_names() -> list[str]:
     return ATTACKS.names()
 
 
-def build_attack(name: str, targets: AttackTargets) -> Attack:
-    return get_attack(name)(targets)
+def build_attack(name: str, inputs: Any, config: Mapping[str, Any] | None = None) -> Attack:
+    """An attack instance over the inputs its family's data provider prepared."""
+    return get_attack(name)(inputs, config)
 
 
 # --- the shared step -----------------------------------------------------------------
@@ -136,6 +213,7 @@ class StepBatch:
     """Pixels of one step: the training batch and, when the attack uses them, D_attack / D_decoy samples."""
 
     train: torch.Tensor  # [B, 3, H, W]
+    labels: torch.Tensor | None = None  # long [B]: the training batch's labels
     attack: torch.Tensor | None = None  # [M', 3, H, W]
     attack_rows: torch.Tensor | None = None  # long [M']: their rows in targets.member
     decoy: torch.Tensor | None = None  # [P, 3, H, W]
@@ -158,37 +236,17 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     autocast: contextlib.AbstractContextManager | None = None,
 ) -> StepLosses:
-    """One optimizer step on Eq. 5. ``model`` should be in train mode, ``teacher`` frozen in eval mode."""
+    """One optimizer step on Eq. 5, ``α·L_A + (1−α)·L_M``, with the attack's own losses.
+
+    ``model`` in the mode its family trains in; ``teacher`` (θ0) frozen in eval mode.
+    """
     if not 0.0 <= alpha < 1.0:
         raise ValueError(f"alpha={alpha!r}: must be in [0, 1) (Eq. 5)")
-    layers = list(attack.targets.layers)
     amp = autocast if autocast is not None else contextlib.nullcontext()
     with torch.no_grad(), amp:
         teacher_logits = teacher(batch.train)
-    scores: dict[str, dict[str, torch.Tensor]] = {}
     with amp:
-        if "train" in attack.uses:
-            with UnitScores(model, model_name, layers, detach=False) as rec:
-                logits = rec.run(batch.train)
-            scores["train"] = rec.scores
-        else:
-            logits = model(batch.train)
-        for kind in ("attack", "decoy"):
-            if kind not in attack.uses:
-                continue
-            pixels = getattr(batch, kind)
-            if pixels is None:
-                raise ValueError(
-                    f"attack {attack.name!r} uses the {kind!r} set but the step has no {kind} pixels"
-                )
-            with UnitScores(model, model_name, layers, detach=False) as rec:
-                rec.run(pixels, stop_early=True)  # only the hooked layers' scores are needed
-            scores[kind] = rec.scores
-    l_m = maintain_loss(logits, teacher_logits)
-    if attack.uses:
-        l_a = attack.loss(StepScores(scores, batch.attack_rows))
-    else:
-        l_a = torch.zeros((), device=l_m.device)
+        l_a, l_m = attack.step_losses(model, model_name, teacher_logits, batch)
     total = alpha * l_a + (1.0 - alpha) * l_m
     optimizer.zero_grad(set_to_none=True)
     total.backward()

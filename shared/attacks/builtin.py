@@ -1,15 +1,15 @@
-"""The thesis's attacks (SCIENCE.md §2), each one hook over :mod:`shared.attacks.base`."""
+"""The thesis's attacks (SCIENCE.md §2), each one hook over :class:`shared.attacks.base.UnitScoreAttack`."""
 
 from __future__ import annotations
 
 import torch
 
-from shared.attacks.base import Attack, StepScores, register_attack
-from shared.attacks.losses import push_down_loss, push_up_loss, push_up_max_loss
+from shared.attacks.base import StepScores, UnitScoreAttack, register_attack
+from shared.attacks.losses import push_down_loss, push_up_loss, push_up_pairwise_loss
 
 
 @register_attack("finetune")
-class FineTune(Attack):
+class FineTune(UnitScoreAttack):
     """The control row: α = 0, the maintain loss (Eq. 6) alone; the α rule never moves it."""
 
     uses = ()
@@ -20,7 +20,7 @@ class FineTune(Attack):
 
 
 @register_attack("push-down")
-class PushDown(Attack):
+class PushDown(UnitScoreAttack):
     """Eq. 7: push the initial top-k images' scores of each attacked unit towards zero."""
 
     uses = ("attack",)
@@ -33,10 +33,11 @@ class PushDown(Attack):
 
 
 @register_attack("push-up")
-class PushUp(Attack):
-    """Eq. 8: decoy images' scores above every training image's, hinge over all (B, P) pairs."""
+class PushUp(UnitScoreAttack):
+    """Eq. 8 as SCIENCE.md §2 reads it: each unit's best decoy above the batch's best image."""
 
     uses = ("train", "decoy")
+    all_decoys = True  # the max over D_decoy is over all of it, not over a sample
 
     def layer_loss(self, layer: str, step: StepScores) -> torch.Tensor:
         return push_up_loss(
@@ -44,15 +45,13 @@ class PushUp(Attack):
         )
 
 
-@register_attack("push-up-max")
-class PushUpMax(Attack):
-    """Proposed deviation from Eq. 8 (``shared.attacks.losses.push_up_max_loss``): each unit's best
-    decoy above the batch's best image. Not the thesis's push-up: reported under its own name."""
+@register_attack("push-up-pairwise")
+class PushUpPairwise(UnitScoreAttack):
+    """Eq. 8's literal pairwise reading: decoys above every training image, hinge over all (B, P) pairs."""
 
     uses = ("train", "decoy")
-    all_decoys = True  # the max over P is over all of D_decoy, not over a sample
 
     def layer_loss(self, layer: str, step: StepScores) -> torch.Tensor:
-        return push_up_max_loss(
+        return push_up_pairwise_loss(
             self.select("train", layer, step), self.select("decoy", layer, step), self.targets.scale[layer]
         )

@@ -73,22 +73,10 @@ def push_down_loss(scores: torch.Tensor, member: torch.Tensor, scale: torch.Tens
     return per_unit.mean()
 
 
-def push_up_loss(batch_scores: torch.Tensor, decoy_scores: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Eq. 8: ``mean_j mean_{x_i ∈ B} mean_{x_p ∈ P} [a_j(x_i) − a_j(x_p)]_+ / s_j``, all pairs at once.
-
-    ``batch_scores`` ``[B, J]``, ``decoy_scores`` ``[P, J]``: the hinge tensor is ``[B, P, J]``
-    (256 x 100 x 256 floats = 26 MB at ImageNet defaults).
-    """
-    _check(batch_scores, scale, "batch_scores")
-    _check(decoy_scores, scale, "decoy_scores")
-    hinge = F.relu(batch_scores[:, None, :] - decoy_scores[None, :, :])
-    return (hinge.mean(dim=(0, 1)) / scale).mean()
-
-
-def push_up_max_loss(
+def push_up_loss(
     batch_scores: torch.Tensor, decoy_scores: torch.Tensor, scale: torch.Tensor
 ) -> torch.Tensor:
-    """Deviation from Eq. 8 (attack ``push-up-max``): ``mean_j [max_i a_j(x_i) − max_p a_j(x_p)]_+ / s_j``.
+    """Eq. 8 as SCIENCE.md §2 decides (attack ``push-up``): ``mean_j [max_i a_j(x_i) − max_p a_j(x_p)]_+ / s_j``.
 
     Eq. 8's mean over all (B, P) pairs fades as the decoys pass the typical image, long
     before one passes a unit's few top images (which a random batch rarely holds), and it
@@ -99,6 +87,18 @@ def push_up_max_loss(
     _check(decoy_scores, scale, "decoy_scores")
     hinge = F.relu(batch_scores.max(dim=0).values - decoy_scores.max(dim=0).values)
     return (hinge / scale).mean()
+
+
+def push_up_pairwise_loss(batch_scores: torch.Tensor, decoy_scores: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Eq. 8, literal pairwise reading (attack ``push-up-pairwise``): ``mean_j mean_{x_i ∈ B} mean_{x_p ∈ P} [a_j(x_i) − a_j(x_p)]_+ / s_j``, all pairs at once.
+
+    ``batch_scores`` ``[B, J]``, ``decoy_scores`` ``[P, J]``: the hinge tensor is ``[B, P, J]``
+    (256 x 100 x 256 floats = 26 MB at ImageNet defaults).
+    """
+    _check(batch_scores, scale, "batch_scores")
+    _check(decoy_scores, scale, "decoy_scores")
+    hinge = F.relu(batch_scores[:, None, :] - decoy_scores[None, :, :])
+    return (hinge.mean(dim=(0, 1)) / scale).mean()
 
 
 def scope_mean(per_layer: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -1,0 +1,134 @@
+"""Attack families: one registered record per family declares all the rest of the system needs.
+
+A family (the thesis's feature-visualization attacks, Heo's saliency fooling, input-space
+attacks, ...) is a subclass of :class:`AttackFamily` registered with :func:`register_family`.
+It declares (ARCHITECTURE.md "Attack families are plugins"):
+
+- ``config``: the pydantic model of one ``attacks[i]`` entry of a sweep spec, with a
+  ``name: Literal[...]`` field naming the family's attacks (the spec's discriminated union
+  is built from every family's config);
+- ``runner``: the job-level runner that trains and evaluates its trials (``"finetune"``:
+  the shared fine-tuning loop with the attacks' loss hooks and the unit-metrics stage);
+- ``metrics`` and ``report_columns``: metric names (``shared.metrics`` registry) in the
+  order the report shows them;
+- :meth:`scopes` (how an entry expands into trials over the sweep's layers),
+  :meth:`job_config` (the settings that enter the job and its content key),
+  :meth:`alpha_controlled` and :meth:`extra_images_per_step` (cost for ``vizsweep plan``).
+
+The orchestrator and jobs iterate over these records and never name an attack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from shared.registry import Registry
+
+
+class AttackConfig(BaseModel):
+    """Base of every family's ``attacks[i]`` model: frozen, unknown keys fatal."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str  # narrowed to a Literal of the family's attack names by each family
+
+
+class ConfigProblem(ValueError):
+    """A config validator's problem with one field: the spec reader reports it at that field's path."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class AttackFamily:
+    """Base class of a family record (see the module docstring); subclasses set the ClassVars."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    config: ClassVar[type[AttackConfig]] = AttackConfig
+    attacks: ClassVar[tuple[str, ...]] = ()  # registered attack names, in report order (control first)
+    runner: ClassVar[str] = "finetune"  # jobs-level runner (jobs.runners)
+    data: ClassVar[str] = ""  # jobs-level data provider the runner prepares the attack's inputs with
+    metrics: ClassVar[tuple[str, ...]] = ()  # metric registry names this family's trials produce
+    report_columns: ClassVar[tuple[str, ...]] = ()  # metric names shown in the report, in order
+
+    @classmethod
+    def scopes(cls, entry: AttackConfig, layers: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+        """The layer scope of each trial an entry makes: by default one trial per sweep layer."""
+        return tuple((layer,) for layer in layers)
+
+    @classmethod
+    def units(cls, entry: AttackConfig) -> str | tuple[int, ...]:
+        """The attacked units of an entry: ``"all"`` or unit indices."""
+        return "all"
+
+    @classmethod
+    def job_config(cls, entry: AttackConfig) -> dict[str, Any]:
+        """The entry's settings that reach the job (and its content key), JSON-able."""
+        return entry.model_dump(mode="json", exclude={"name"})
+
+    @classmethod
+    def alpha_controlled(cls, entry: AttackConfig) -> bool:
+        """Whether the α controller drives this entry's trials (the control rows: no)."""
+        from shared.attacks.base import get_attack
+
+        return get_attack(entry.name).fixed_alpha is None
+
+    @classmethod
+    def extra_images_per_step(cls, entry: AttackConfig) -> int:
+        """Images forwarded per step beside the training batch (``vizsweep plan``'s cost)."""
+        return 0
+
+    @classmethod
+    def describe(cls, entry: AttackConfig) -> str:
+        """A short label of an entry for run names and tables (default: the attack's name)."""
+        return entry.name
+
+
+FAMILIES: Registry[type[AttackFamily]] = Registry("attack family")
+
+
+def register_family(cls: type[AttackFamily]) -> type[AttackFamily]:
+    """Class decorator: register a family record under ``cls.name`` (duplicates raise)."""
+    if not (isinstance(cls, type) and issubclass(cls, AttackFamily)) or not cls.name:
+        raise TypeError(f"register_family needs an AttackFamily subclass with a name, got {cls!r}")
+    if not cls.attacks:
+        raise ValueError(f"attack family {cls.name!r} declares no attacks")
+    taken = {a: f for f in FAMILIES for a in FAMILIES.get(f).attacks}
+    clash = [a for a in cls.attacks if a in taken]
+    if clash:
+        raise ValueError(f"attack family {cls.name!r}: attacks {clash} belong to family {taken[clash[0]]!r}")
+    FAMILIES.register(cls.name)(cls)
+    return cls
+
+
+def families() -> list[type[AttackFamily]]:
+    """Every registered family, sorted by name."""
+    return [FAMILIES.get(n) for n in FAMILIES]
+
+
+def family_of(attack: str) -> type[AttackFamily]:
+    """The family that declares ``attack``; the error lists every attack of every family."""
+    for fam in families():
+        if attack in fam.attacks:
+            return fam
+    valid = ", ".join(a for fam in families() for a in fam.attacks)
+    raise KeyError(f"unknown attack {attack!r}; valid attacks: {valid}")
+
+
+def attack_order(attack: str) -> tuple[int, int]:
+    """Report order of an attack: its family (by registration), then its place in the family."""
+    ordered = FAMILIES.in_order()  # registration order: the thesis's family first
+    for i, fam in enumerate(ordered):
+        if attack in fam.attacks:
+            return (i, fam.attacks.index(attack))
+    return (len(ordered), 0)
+
+
+def config_models() -> tuple[type[AttackConfig], ...]:
+    """Every family's config model: the members of the spec's ``attacks[i]`` union."""
+    return tuple(fam.config for fam in FAMILIES.in_order())
