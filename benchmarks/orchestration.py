@@ -43,12 +43,13 @@ def sweep_dict(root: str, quick: bool) -> dict:
 
 
 def overhead(root: str, quick: bool) -> dict:
-    from jobs.attack import run_attack
-    from jobs.metrics import run_metrics
     from jobs.raysetup import ensure_ray
-    from orchestrator.plan import plan_trials, prepare
+    from jobs.runners import runner_for
+    from orchestrator.phases.attacks import run_trials
+    from orchestrator.phases.prepare import prepare
+    from orchestrator.phases.tables import initial_tables
+    from orchestrator.plan import plan_trials
     from orchestrator.spec import load_spec
-    from orchestrator.sweep import initial_tables, run_trials
     from orchestrator.tracking import SweepTracker, client, find_child_runs
     from shared import store
 
@@ -71,8 +72,7 @@ def overhead(root: str, quick: bool) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # what Ray gives a 1-CPU trial (OMP_NUM_THREADS=1): same compute on both sides
     t = time.perf_counter()
-    run_attack(plan.attack_spec(), stores["direct"])
-    run_metrics(plan.metrics_spec(), stores["direct"])
+    runner_for(plan.job["attack"]).run(plan.trial_job(), stores["direct"])
     direct = time.perf_counter() - t
     torch.set_num_threads(threads)
 

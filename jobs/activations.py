@@ -427,3 +427,14 @@ def read_table(dir_uri: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             np.zeros((0, m.get("units", 0)), np.float32),
         )
     return np.concatenate(ids), np.concatenate(labels), np.concatenate(scores)
+
+
+def variant_tables(
+    dataset: str, splits: tuple[str, ...], model: str, weights: str, variant_key: str,
+    layers: tuple[str, ...], store_uri: str, progress: Progress = no_progress,
+) -> None:  # fmt: skip
+    """θ0's tables of a variant on each split (top-k sets come from train, D_τ from val)."""
+    for split in dict.fromkeys(splits):
+        spec = ActivationsSpec(dataset=dataset, split=split, model=model, weights=weights,
+                               variant_key=variant_key, layers=layers)  # fmt: skip
+        run_activations(spec, store_uri, progress=progress)

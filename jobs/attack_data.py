@@ -17,33 +17,44 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from jobs.attack_spec import AttackSpec
 from shared import store
-from shared.attacks import AttackTargets, get_attack, unit_scale
+from shared.attacks import AttackTargets, UnitInputs, family_of, get_attack, unit_scale
 from shared.models.zoo import model_info
+from shared.registry import Registry
 
-if TYPE_CHECKING:
-    from jobs.attack import AttackSpec
+# A family's data provider: (spec, store, device) -> the inputs its attacks are built over.
+Provider = Callable[[AttackSpec, str, torch.device], Any]
+PROVIDERS: Registry[Provider] = Registry("attack data provider")
+
+
+def register_provider(name: str) -> Callable[[Provider], Provider]:
+    """Register a data provider that family records name in ``data`` (duplicates raise)."""
+    return PROVIDERS.register(name)
+
+
+@dataclass
+class EvalSubset:
+    """The fixed held-out subset whose top-1 accuracy drives the α controller (SCIENCE.md §2)."""
+
+    ids: list[str]
+    pixels: torch.Tensor
+    labels: torch.Tensor
 
 
 @dataclass
 class AttackData:
-    targets: AttackTargets  # on the training device
-    attack_ids: list[str]  # rows of targets.member (push-down), else empty
-    attack_pixels: torch.Tensor | None  # decoded D_attack, when the attack uses it
-    decoy_ids: list[str]
-    decoy_pixels: torch.Tensor | None  # decoded D_decoy, when the attack uses it
-    eval_ids: list[str]
-    eval_pixels: torch.Tensor
-    eval_labels: torch.Tensor
+    inputs: Any  # what the family's provider prepared (the thesis's family: UnitInputs)
+    eval: EvalSubset
     train_rows: int  # images in the train split (from its index)
-    topk: dict[str, str]  # layer -> committed initial top-k folder
 
 
 def steps_per_epoch(train_rows: int, batch_size: int) -> int:
@@ -64,49 +75,60 @@ def split_index(dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def prepare_data(spec: AttackSpec, store_uri: str, device: torch.device) -> AttackData:
-    """Everything the loop needs besides the stream; the initial tables are computed when missing."""
-    uses = get_attack(spec.attack).uses
-    topk = initial_topk(spec, store_uri)
-    targets, attack_ids = build_targets(spec, topk, with_member="attack" in uses)
-    train_ids, train_labels = split_index(spec.dataset, spec.train_split)
-    attack_pixels = decoy_pixels = None
-    decoy_ids: list[str] = []
-    if "attack" in uses:
-        attack_pixels, keep = decode_ids(spec, spec.train_split, attack_ids)
-        if not keep.all():  # unreadable top-k images cannot be pushed down: drop their rows
-            attack_ids = [i for i, k in zip(attack_ids, keep) if k]
-            member = {k: v[torch.from_numpy(keep)] for k, v in (targets.member or {}).items()}
-            targets = AttackTargets(targets.layers, targets.units, targets.scale, member)
-    if "decoy" in uses:
-        pool = np.sort(train_ids[train_labels == spec.decoy_class].astype(str))
-        if len(pool) == 0:
-            raise ValueError(
-                f"decoy_class={spec.decoy_class} has no images in split {spec.train_split!r} of {spec.dataset} "
-                f"(labels there: {sorted(set(train_labels.tolist()))[:20]})"
-            )
-        rng = np.random.default_rng([spec.seed, 2])
-        decoy_ids = sorted(rng.choice(pool, size=min(spec.decoy_images, len(pool)), replace=False).tolist())
-        decoy_pixels, keep = decode_ids(spec, spec.train_split, decoy_ids)
-        decoy_ids = [i for i, k in zip(decoy_ids, keep) if k]
+    """The family's inputs (its declared provider), the evaluation subset and the train split's size."""
+    provider = PROVIDERS.get(family_of(spec.attack).data)
+    inputs = provider(spec, store_uri, device)
+    train_ids, _ = split_index(spec.dataset, spec.train_split)
+    return AttackData(inputs, eval_subset(spec, device), len(train_ids))
+
+
+def eval_subset(spec: AttackSpec, device: torch.device) -> EvalSubset:
+    """``eval_images`` images of ``eval_split``, drawn with the seed (the whole split when smaller)."""
     eval_all, eval_lab = split_index(spec.dataset, spec.eval_split)
     rng = np.random.default_rng([spec.seed, 3])
     pick = np.sort(rng.choice(len(eval_all), size=min(spec.eval_images, len(eval_all)), replace=False))
-    eval_ids = [str(i) for i in eval_all[pick]]
-    eval_pixels, keep = decode_ids(spec, spec.eval_split, eval_ids)
-    eval_labels = torch.from_numpy(eval_lab[pick][keep].astype(np.int64))
-    eval_ids = [i for i, k in zip(eval_ids, keep) if k]
-    return AttackData(
-        targets=targets.to(device),
-        attack_ids=attack_ids,
-        attack_pixels=None if attack_pixels is None else attack_pixels.to(device),
-        decoy_ids=decoy_ids,
-        decoy_pixels=None if decoy_pixels is None else decoy_pixels.to(device),
-        eval_ids=eval_ids,
-        eval_pixels=eval_pixels.to(device),
-        eval_labels=eval_labels.to(device),
-        train_rows=len(train_ids),
-        topk=topk,
+    ids = [str(i) for i in eval_all[pick]]
+    pixels, keep = decode_ids(spec, spec.eval_split, ids)
+    labels = torch.from_numpy(eval_lab[pick][keep].astype(np.int64))
+    ids = [i for i, k in zip(ids, keep) if k]
+    return EvalSubset(ids, pixels.to(device), labels.to(device))
+
+
+@register_provider("unit-targets")
+def unit_targets(spec: AttackSpec, store_uri: str, device: torch.device) -> UnitInputs:
+    """The thesis's family: attacked units, s_j, and the D_attack / D_decoy pixels its attack uses."""
+    uses = getattr(get_attack(spec.attack), "uses", ())
+    cfg = spec.config
+    topk = initial_topk(spec, store_uri)
+    targets, attack_ids = build_targets(spec, topk, with_member="attack" in uses)
+    attack_pixels = decoy_pixels = None
+    if "attack" in uses:
+        attack_pixels, keep = decode_ids(spec, spec.train_split, attack_ids)
+        if not keep.all():  # unreadable top-k images cannot be pushed down: drop their rows
+            member = {k: v[torch.from_numpy(keep)] for k, v in (targets.member or {}).items()}
+            targets = AttackTargets(targets.layers, targets.units, targets.scale, member)
+    if "decoy" in uses:
+        decoy_pixels = decoy_set(spec, int(cfg["decoy_class"]), int(cfg["decoy_images"]))
+    return UnitInputs(
+        targets.to(device),
+        None if attack_pixels is None else attack_pixels.to(device),
+        None if decoy_pixels is None else decoy_pixels.to(device),
     )
+
+
+def decoy_set(spec: AttackSpec, decoy_class: int, count: int) -> torch.Tensor:
+    """D_decoy (Eq. 8): ``count`` train images of ``decoy_class``, drawn with the seed."""
+    train_ids, train_labels = split_index(spec.dataset, spec.train_split)
+    pool = np.sort(train_ids[train_labels == decoy_class].astype(str))
+    if len(pool) == 0:
+        raise ValueError(
+            f"decoy_class={decoy_class} has no images in split {spec.train_split!r} of {spec.dataset} "
+            f"(labels there: {sorted(set(train_labels.tolist()))[:20]})"
+        )
+    rng = np.random.default_rng([spec.seed, 2])
+    ids = sorted(rng.choice(pool, size=min(count, len(pool)), replace=False).tolist())
+    pixels, _ = decode_ids(spec, spec.train_split, ids)
+    return pixels
 
 
 def initial_topk(spec: AttackSpec, store_uri: str) -> dict[str, str]:
@@ -119,7 +141,7 @@ def initial_topk(spec: AttackSpec, store_uri: str) -> dict[str, str]:
         variant_key=spec.variant_key, layers=tuple(spec.layers), state_key="init", device=spec.device,
     )  # fmt: skip
     tables = run_activations(acts, store_uri).tables
-    return {layer: run_topk(tables[layer], spec.k).uri for layer in spec.layers}
+    return {layer: run_topk(tables[layer], int(spec.config.get("k", 10))).uri for layer in spec.layers}
 
 
 def build_targets(
@@ -142,7 +164,9 @@ def build_targets(
                 f"units {[u for u in sel if u >= n_units]} do not exist: {layer} has {n_units} units"
             )
         units[layer] = torch.tensor(sel, dtype=torch.long)
-        scale[layer] = unit_scale(scores.T, spec.scale)[units[layer]]  # s_j over the unit's own top-k
+        scale[layer] = unit_scale(scores.T, spec.config.get("scale", "unit"))[
+            units[layer]
+        ]  # s_j over the unit's own top-k
         sets[layer] = [set(ids[j]) for j in sel]
     attack_ids: list[str] = []
     member = None

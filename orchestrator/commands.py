@@ -29,7 +29,7 @@ def list_sweeps(store_uri: str) -> list[dict[str, Any]]:
 
 
 def find_sweep(store_uri: str, sweep_id: str) -> str:
-    from orchestrator.sweep import sweep_dir
+    from orchestrator.status import sweep_dir
 
     d = sweep_dir(store_uri, sweep_id)
     if not store.exists(store.join(d, "spec.json")):

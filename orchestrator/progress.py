@@ -7,6 +7,8 @@ import time
 
 from tqdm import tqdm
 
+from orchestrator.status import write_status
+
 
 class Bar:
     """A ``Progress`` callback drawing one tqdm bar per phase."""
@@ -70,6 +72,9 @@ class SweepProgress:
         self.bar = None if quiet else tqdm(total=total, initial=done, desc="attacks", unit="trial",
                                             file=sys.stderr, dynamic_ncols=True)  # fmt: skip
         SweepProgress.current = self
+        from orchestrator import tune_callbacks  # Tune only when a sweep runs, not for a Bar
+
+        tune_callbacks.LISTENER = self.event
 
     def event(self, kind: str, trial_id: str, result: dict | None = None) -> None:
         now = time.time()
@@ -93,8 +98,6 @@ class SweepProgress:
         return left * per / max(1, len(self.running) or 1)
 
     def _show(self, result: dict | None) -> None:
-        from orchestrator.sweep import write_status
-
         eta = self.eta()
         info = {"running": len(self.running), "failed": self.failed}
         if eta is not None:
@@ -117,3 +120,6 @@ class SweepProgress:
         if self.bar is not None:
             self.bar.close()
         SweepProgress.current = None
+        from orchestrator import tune_callbacks
+
+        tune_callbacks.LISTENER = None

@@ -1,4 +1,4 @@
-"""The Tune trainable: one attack trial (attack -> final tables -> metrics -> MLflow run).
+"""The Tune trainable: one trial of any family (its runner trains and measures; MLflow records).
 
 The trial keeps its own checkpoints in the store, under the attack's content key
 (``{store}/checkpoints/{attack_key}``), so a retry on another node, or a trial
@@ -20,15 +20,13 @@ from typing import Any
 import ray
 from ray import tune
 
-from jobs.attack import run_attack
 from jobs.attack_state import ResumeError, find_checkpoint
-from jobs.metrics import run_metrics
+from jobs.runners import TrialOutcome, runner_for
 from orchestrator.alpha_scheduler import BOARD_NAMESPACE, board_name
 from orchestrator.plan import TrialPlan
 from orchestrator.tracking import TrialRun
 from shared import store
 
-METRIC_NAMES = ("clip_delta", "kendall_tau", "clip_w", "kendall_tau_w", "topk_overlap")
 STEP_METRICS = ("attack_loss", "maintain_loss", "alpha", "acc_drop", "epoch")
 DECISION_TIMEOUT_S = 600.0
 
@@ -64,7 +62,7 @@ def attack_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Tune function trainable; ``config["plan"]`` is a :class:`TrialPlan` as a dict."""
     store.configure(ctx.s3)
     plan = TrialPlan.from_dict(config["plan"])
-    spec = plan.attack_spec()
+    job = plan.trial_job()
     run = TrialRun.open(
         ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, plan.trial_key, plan.run_name,
         plan.params, {"vizsweep.sweep_id": ctx.sweep_id, "vizsweep.attack_key": plan.attack_key,
@@ -113,8 +111,8 @@ def attack_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         return float(d["alpha"])
 
     try:
-        res = run_attack(
-            spec, ctx.store_uri, report=report, checkpoint_dir=ckdir, resume_from=resume,
+        outcome = runner_for(job.attack).run(
+            job, ctx.store_uri, report=report, checkpoint_dir=ckdir, resume_from=resume,
             alpha_source=alpha_source if plan.alpha_controlled else None,
         )  # fmt: skip
     except BudgetStop as e:
@@ -124,13 +122,19 @@ def attack_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         run.finish("KILLED")
         tune.report({"phase": "stopped", "stopped_budget": 1})
         return
-    mres = run_metrics(plan.metrics_spec(), ctx.store_uri)
-    final = final_metrics(plan, res.history, mres, ctx.primary_split)
-    log_outputs(run, plan, res.model_uri, mres, ray.get(board.history.remote(plan.trial_key)))
-    run.log_final(final)
-    run.set_tags({"vizsweep.status": "done"})
+    if outcome is None:
+        raise RuntimeError(f"trial {plan.run_name} ended without a result (its job stopped early)")
+    finish_run(run, plan, outcome, ray.get(board.history.remote(plan.trial_key)))
+    tune.report({**outcome.final, "phase": "done", "done_trial": 1})
+
+
+def finish_run(run: TrialRun, plan: TrialPlan, outcome: TrialOutcome, decisions: list | None = None) -> None:
+    """Artifacts, final metrics and the status tag of a finished trial's run, then FINISHED."""
+    log_outputs(run, plan, outcome, decisions)
+    run.log_final(outcome.final)
+    status = "budget broken" if outcome.budget_broken else "done"
+    run.set_tags({"vizsweep.status": status})
     run.finish("FINISHED")
-    tune.report({**final, "phase": "done", "done_trial": 1})
 
 
 def _mark_attempt(run: TrialRun, resume: str | None) -> None:
@@ -161,27 +165,7 @@ def _existing(ckdir: str) -> str | None:
     return ckdir
 
 
-def final_metrics(plan: TrialPlan, history: list[dict], mres, primary_split: str) -> dict[str, float]:
-    """The figures of Table 3.1 (layer means; for a multi-layer scope, their mean) plus every detail."""
-    flat = {k.replace("/", "."): float(v) for k, v in mres.flat().items() if v is not None}
-    out: dict[str, float] = {k: v for k, v in flat.items() if v == v}  # drop NaN
-    layers = plan.metrics["layers"]
-    for name in METRIC_NAMES:
-        vals = [
-            mres.per[(ly, primary_split)].means.get(name) for ly in layers if (ly, primary_split) in mres.per
-        ]
-        vals = [v for v in vals if v is not None and v == v]
-        if vals:
-            out[name] = float(sum(vals) / len(vals))
-    if history:
-        out["alpha_final"] = float(history[-1].get("alpha", 0.0))
-        out["steps"] = float(history[-1]["step"])
-    return out
-
-
-def log_outputs(
-    run: TrialRun, plan: TrialPlan, model_uri: str | None, mres, decisions: list | None = None
-) -> None:
+def log_outputs(run: TrialRun, plan: TrialPlan, outcome: TrialOutcome, decisions: list | None = None) -> None:
     """Pictures, per-unit tables and the α decisions at the run's artifact root (the compare page
     shows only root artifacts)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -190,17 +174,12 @@ def log_outputs(
             with open(path, "w") as f:
                 json.dump(decisions, f, indent=1)
             run.log_artifact(path)
-        for (layer, split), m in mres.per.items():
-            for src, name in ((m.picture_uri, "before_after.png"), (m.table_uri, "unit_metrics.parquet")):
-                if src is None:
-                    continue
-                path = os.path.join(tmp, f"{layer}_{split}_{name}")
-                with open(path, "wb") as f:
-                    f.write(store.read_bytes(src))
-                run.log_artifact(path)
+        for src, name in outcome.artifacts:
+            path = os.path.join(tmp, name)
+            with open(path, "wb") as f:
+                f.write(store.read_bytes(src))
+            run.log_artifact(path)
         pointer = os.path.join(tmp, "model.json")
         with open(pointer, "w") as f:
-            json.dump(
-                {"model_uri": model_uri, "attack_key": plan.attack_key, "model": plan.params["model"]}, f
-            )
+            json.dump({"model_uri": outcome.model_uri, "attack_key": plan.attack_key, "model": plan.params["model"]}, f)
         run.log_artifact(pointer)

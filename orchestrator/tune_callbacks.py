@@ -1,19 +1,25 @@
-"""Tune callbacks (module level: Tune pickles them into the experiment state)."""
+"""Tune callbacks (module level: Tune pickles them into the experiment state).
+
+A leaf module: the live progress display registers itself in :data:`LISTENER`, so this
+module imports nothing of the orchestrator (no import circle with ``orchestrator.progress``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ray.tune import Callback
+
+LISTENER: Callable[[str, str, dict | None], None] | None = None  # set by orchestrator.progress.SweepProgress
 
 
 def _relay(kind: str, trial, result: dict | None = None) -> None:
-    from orchestrator.progress import SweepProgress
-
-    if SweepProgress.current is not None:
-        SweepProgress.current.event(kind, trial.trial_id, result)
+    if LISTENER is not None:
+        LISTENER(kind, trial.trial_id, result)
 
 
 class ProgressRelay(Callback):
-    """Hands Tune's trial events to the live :class:`orchestrator.progress.SweepProgress`."""
+    """Hands Tune's trial events to the live progress display, when one is listening."""
 
     def on_trial_start(self, iteration, trials, trial, **info):
         _relay("start", trial)

@@ -23,7 +23,7 @@ from shared.attacks import (
     maintain_loss,
     push_down_loss,
     push_up_loss,
-    push_up_max_loss,
+    push_up_pairwise_loss,
     register_attack,
     sample_rows,
     scope_mean,
@@ -114,16 +114,16 @@ def test_push_up_hinge_by_hand_scaled_and_raw():
     decoy = torch.tensor([[1.0, 1.0], [2.0, 4.0], [0.5, 0.0]])  # P=3
     # unit 0: pairs (3-1, 3-2, 3-.5, 0-1, 0-2, 0-.5)+ = 2, 1, 2.5, 0, 0, 0 -> 5.5/6
     # unit 1: (1-1, 1-4, 1-0, 2-1, 2-4, 2-0)+ = 0, 0, 1, 1, 0, 2 -> 4/6
-    raw = push_up_loss(batch, decoy, torch.ones(2))
+    raw = push_up_pairwise_loss(batch, decoy, torch.ones(2))
     assert raw.item() == pytest.approx((5.5 / 6 + 4 / 6) / 2)
-    scaled = push_up_loss(batch, decoy, torch.tensor([2.0, 4.0]))
+    scaled = push_up_pairwise_loss(batch, decoy, torch.tensor([2.0, 4.0]))
     assert scaled.item() == pytest.approx((5.5 / 6 / 2 + 4 / 6 / 4) / 2)
 
 
 def test_push_up_hinge_gradient_moves_decoys_up_and_batch_down():
     batch = torch.tensor([[3.0], [0.0]], requires_grad=True)
     decoy = torch.tensor([[1.0]], requires_grad=True)
-    push_up_loss(batch, decoy, torch.ones(1)).backward()
+    push_up_pairwise_loss(batch, decoy, torch.ones(1)).backward()
     assert batch.grad.tolist() == [[0.5], [0.0]]  # only the active hinge pulls
     assert decoy.grad.tolist() == [[-0.5]]
 
@@ -167,13 +167,13 @@ def test_scopes_one_unit_and_several_layers():
     conv5 = torch.tensor([[2.0, 0.0, 4.0], [0.0, 6.0, 0.0]])
     d4, d5 = torch.tensor([[2.0, 2.0]]), torch.tensor([[1.0, 1.0, 1.0]])
     step = StepScores({"train": {"conv4": conv4, "conv5": conv5}, "decoy": {"conv4": d4, "conv5": d5}})
-    one = build_attack("push-up", _targets({"conv5": [1]}, {"conv5": [2.0]}))
+    one = build_attack("push-up-pairwise", _targets({"conv5": [1]}, {"conv5": [2.0]}))
     assert one.loss(step).item() == pytest.approx(((0 + 5) / 2) / 2)  # unit 1 only
     both = build_attack(
-        "push-up", _targets({"conv4": [0, 1], "conv5": [0, 2]}, {"conv4": [1, 1], "conv5": [1, 1]})
+        "push-up-pairwise", _targets({"conv4": [0, 1], "conv5": [0, 2]}, {"conv4": [1, 1], "conv5": [1, 1]})
     )
-    l4 = push_up_loss(conv4, d4, torch.ones(2))
-    l5 = push_up_loss(conv5[:, [0, 2]], d5[:, [0, 2]], torch.ones(2))
+    l4 = push_up_pairwise_loss(conv4, d4, torch.ones(2))
+    l5 = push_up_pairwise_loss(conv5[:, [0, 2]], d5[:, [0, 2]], torch.ones(2))
     assert both.loss(step).item() == pytest.approx(((l4 + l5) / 2).item())
 
 
@@ -190,11 +190,11 @@ def test_push_down_plugin_uses_the_sampled_rows_of_the_membership():
 
 
 def test_registry_names_and_errors():
-    assert attack_names() == ["finetune", "push-down", "push-up", "push-up-max"]
+    assert attack_names() == ["finetune", "push-down", "push-up", "push-up-pairwise"]
     assert get_attack("finetune").fixed_alpha == 0.0
     with pytest.raises(RegistryError, match="already registered"):
         register_attack("push-down")(type("Again", (Attack,), {}))
-    with pytest.raises(RegistryError, match="valid attacks: finetune, push-down, push-up, push-up-max"):
+    with pytest.raises(RegistryError, match="valid attacks: finetune, push-down, push-up, push-up-pairwise"):
         get_attack("pushdown")
     with pytest.raises(TypeError, match="Attack subclass"):
         register_attack("not-an-attack")(object)
@@ -228,6 +228,7 @@ def test_every_attack_trains_a_tiny_model(name):
         losses = train_step(model, "alexnet_mini", teacher, attack, batch, alpha, opt)
         assert all(math.isfinite(v) for v in (losses.total, losses.attack, losses.maintain))
     assert (losses.attack == 0.0) == (attack.uses == ())
+    assert attack.batch(batch.train, None, 0, 0).train is batch.train
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -253,11 +254,9 @@ BASE = dict(
         ({"layers": ("conv9",)}, "unknown layer"),
         ({"units": "some"}, "unit indices"),
         ({"units": (-1,)}, "unit indices"),
-        ({"scale": "layer"}, "valid scales"),
         ({"batch_size": 0}, "batch_size"),
         ({"max_steps": 0}, "max_steps"),
         ({"lr": 0.0}, "lr"),
-        ({"decoy_class": -1}, "decoy_class"),
     ],
 )
 def test_attack_spec_validation(kwargs, match):
@@ -321,7 +320,8 @@ def _tiny_spec(tiny, **kw) -> AttackSpec:
     base = dict(
         dataset=tiny["data"], model="alexnet_mini", weights=tiny["weights"], variant_key="tiny",
         attack="push-down", batch_size=16, epochs=2, evals_per_epoch=2, block_rows=32, shuffle_buffer=48,
-        attack_batch_size=24, decoy_images=6, decoy_batch_size=4, lr=1e-3, device="cpu",
+        lr=1e-3, device="cpu",
+        config={"k": 10, "scale": "unit", "attack_batch_size": 24, "decoy_class": 1, "decoy_images": 6},
     )  # fmt: skip
     return AttackSpec(**{**base, **kw})
 
@@ -404,18 +404,18 @@ def test_cache_is_an_execution_setting_and_alpha_source_drives_alpha(tiny, ray_l
     assert [m["alpha"] for m in ft.history] == [0.0, 0.0] and ft.history[-1]["attack_loss"] == 0.0
 
 
-def test_push_up_max_pushes_each_units_best_decoy_above_the_batchs_best_image():
+def test_push_up_pushes_each_units_best_decoy_above_the_batchs_best_image():
     batch = torch.tensor([[1.0, 5.0], [3.0, 1.0]])  # B=2 x J=2: batch max per unit 3, 5
     decoy = torch.tensor([[2.0, 6.0], [0.5, 1.0]])  # P=2: best decoy per unit 2, 6
     # unit 0: [3 - 2]_+ = 1 over s=2; unit 1: [5 - 6]_+ = 0
-    assert push_up_max_loss(batch, decoy, torch.tensor([2.0, 1.0])).item() == pytest.approx(0.25)
+    assert push_up_loss(batch, decoy, torch.tensor([2.0, 1.0])).item() == pytest.approx(0.25)
     batch.requires_grad_(True)
     decoy.requires_grad_(True)
-    push_up_max_loss(batch, decoy, torch.ones(2)).backward()
+    push_up_loss(batch, decoy, torch.ones(2)).backward()
     assert batch.grad.tolist() == [[0.0, 0.0], [0.5, 0.0]]  # only unit 0's batch maximum is pushed down
     assert decoy.grad.tolist() == [[-0.5, 0.0], [0.0, 0.0]]  # and only its best decoy up
-    attack = build_attack("push-up-max", _targets({"conv5": [0, 1]}, {"conv5": [1.0, 1.0]}))
+    attack = build_attack("push-up", _targets({"conv5": [0, 1]}, {"conv5": [1.0, 1.0]}))
     assert (
         attack.all_decoys
-        and not build_attack("push-up", _targets({"conv5": [0]}, {"conv5": [1.0]})).all_decoys
+        and not build_attack("push-up-pairwise", _targets({"conv5": [0]}, {"conv5": [1.0]})).all_decoys
     )

@@ -180,7 +180,8 @@ def test_multi_node_trials_spread_and_a_lost_node_continues_from_its_checkpoint(
     from ray.cluster_utils import Cluster
 
     from jobs.attack import model_dir
-    from orchestrator.sweep import launch, sweep_id_for
+    from orchestrator.status import sweep_id_for
+    from orchestrator.sweep import launch
     from orchestrator.trial import checkpoints_uri
     from shared import store
 
@@ -249,7 +250,7 @@ def test_driver_sigkill_then_resume_finishes_only_the_unfinished(tmp_path, root)
 
     from jobs.attack import model_dir
     from orchestrator.plan import TrialPlan, stored_result
-    from orchestrator.sweep import sweep_dir, sweep_id_for
+    from orchestrator.status import sweep_dir, sweep_id_for
     from orchestrator.trial import checkpoints_uri
     from shared import store
 
@@ -355,8 +356,11 @@ def test_pruned_variants_are_made_once_and_attacked_like_any_model(root):
     dependency), each stored once; an attack and the tables run on the structured variant."""
     from jobs.attack import run_attack
     from jobs.raysetup import ensure_ray
-    from orchestrator.plan import plan_trials, prepare
-    from orchestrator.sweep import initial_tables
+    from jobs.runners import runner_for
+    from orchestrator.phases.prepare import prepare
+    from orchestrator.phases.tables import initial_tables
+    from orchestrator.phases.variants import make_variants
+    from orchestrator.plan import plan_trials
     from shared import store
     from shared.models.zoo import build_model
     from shared.pruning import weight_sparsity
@@ -365,7 +369,7 @@ def test_pruned_variants_are_made_once_and_attacked_like_any_model(root):
                {"method": "vulnerability", "count": 4, "layer": "conv5"}]  # fmt: skip
     spec = load_spec(tiny_spec(root, "pruned", pruning=pruning, attacks=[{"name": "push-down"}]))
     ensure_ray()
-    prep = prepare(spec)
+    prep = make_variants(spec, prepare(spec))
     none, norm, group, vuln = prep.variants
     assert none.prune_method == "none" and none.key == none.base
     assert len({v.key for v in prep.variants}) == 4 and all(v.base == none.key for v in prep.variants)
@@ -376,14 +380,15 @@ def test_pruned_variants_are_made_once_and_attacked_like_any_model(root):
     b, _ = build_model("alexnet_mini", weights=none.weights)
     assert sum(p.numel() for p in g.parameters()) < sum(p.numel() for p in b.parameters())
     assert vuln.prune_rate == 4.0 and vuln.fine_tuned_acc is not None
-    for v in (norm, group, vuln):  # each pruned as a Ray task (orchestrator.prune_phase), not on the driver
+    for v in (norm, group, vuln):  # each pruned as a Ray task (orchestrator.phases.variants), not on the driver
         ran_on = store.read_manifest(v.weights.rsplit("/", 1)[0])["ran_on"]
         assert ran_on["pid"] != os.getpid() and ran_on["node"]
-    assert prepare(spec).variants == prep.variants  # a second plan reuses every stored variant
+    assert make_variants(spec, prepare(spec)).variants == prep.variants  # a second plan reuses every stored variant
     initial_tables(spec, prep)
     plans = plan_trials(spec, prep)
     assert [p.params["prune_method"] for p in plans] == ["none", "norm", "group", "vulnerability"]
-    res = run_attack(plans[2].attack_spec(max_steps=2), spec.store)
+    job = plans[2].trial_job()
+    res = run_attack(runner_for(job.attack).attack_spec(job, max_steps=2), spec.store)
     assert res.model_uri is not None and res.steps == 2
     attacked, _ = build_model("alexnet_mini", weights=res.model_uri)  # keeps the variant's smaller shape
     assert sum(p.numel() for p in attacked.parameters()) == sum(p.numel() for p in g.parameters())

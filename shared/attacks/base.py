@@ -154,7 +154,9 @@ class UnitScoreAttack(Attack):
                 continue
             pixels = getattr(batch, kind)
             if pixels is None:
-                raise ValueError(f"attack {self.name!r} uses the {kind!r} set but the step has no {kind} pixels")
+                raise ValueError(
+                    f"attack {self.name!r} uses the {kind!r} set but the step has no {kind} pixels"
+                )
             with UnitScores(model, model_name, layers, detach=False) as rec:
                 rec.run(pixels, stop_early=True)  # only the hooked layers' scores are needed
             scores[kind] = rec.scores

@@ -20,7 +20,7 @@ The orchestrator and jobs iterate over these records and never name an attack.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict

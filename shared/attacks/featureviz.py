@@ -53,7 +53,8 @@ class FeatureVizAttack(AttackConfig):
             raise ConfigProblem("units", "scope 'unit' needs units: [j, ...] (unit indices in each layer)")
         if self.scope != "unit" and self.units is not None:
             raise ConfigProblem(
-                "units", f"units apply to scope 'unit' only, not {self.scope!r}; set scope: unit or drop units"
+                "units",
+                f"units apply to scope 'unit' only, not {self.scope!r}; set scope: unit or drop units",
             )
         return self
 
@@ -103,4 +104,6 @@ class FeatureViz(AttackFamily):
 
     @classmethod
     def describe(cls, entry: FeatureVizAttack) -> str:
-        return entry.name if entry.scope != "unit" else f"{entry.name}-u{'.'.join(map(str, entry.units or ()))}"
+        return (
+            entry.name if entry.scope != "unit" else f"{entry.name}-u{'.'.join(map(str, entry.units or ()))}"
+        )

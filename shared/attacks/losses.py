@@ -73,9 +73,7 @@ def push_down_loss(scores: torch.Tensor, member: torch.Tensor, scale: torch.Tens
     return per_unit.mean()
 
 
-def push_up_loss(
-    batch_scores: torch.Tensor, decoy_scores: torch.Tensor, scale: torch.Tensor
-) -> torch.Tensor:
+def push_up_loss(batch_scores: torch.Tensor, decoy_scores: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Eq. 8 as SCIENCE.md §2 decides (attack ``push-up``): ``mean_j [max_i a_j(x_i) − max_p a_j(x_p)]_+ / s_j``.
 
     Eq. 8's mean over all (B, P) pairs fades as the decoys pass the typical image, long
@@ -89,7 +87,9 @@ def push_up_loss(
     return (hinge / scale).mean()
 
 
-def push_up_pairwise_loss(batch_scores: torch.Tensor, decoy_scores: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def push_up_pairwise_loss(
+    batch_scores: torch.Tensor, decoy_scores: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
     """Eq. 8, literal pairwise reading (attack ``push-up-pairwise``): ``mean_j mean_{x_i ∈ B} mean_{x_p ∈ P} [a_j(x_i) − a_j(x_p)]_+ / s_j``, all pairs at once.
 
     ``batch_scores`` ``[B, J]``, ``decoy_scores`` ``[P, J]``: the hinge tensor is ``[B, P, J]``

@@ -1,0 +1,223 @@
+"""Trial runners: how a family's trials train and are measured, behind one interface.
+
+The orchestrator plans a :class:`TrialJob` (JSON-able, family-agnostic), asks the runner the
+family record names (``AttackFamily.runner``) for its keys and stored result, and runs it with
+the hooks of a Tune trial. ``finetune`` is the shared fine-tuning loop (``jobs.attack``) plus
+the unit-metrics stage (``jobs.metrics``); families that perturb inputs register their own.
+No Tune or MLflow here: ``report`` and ``alpha_source`` come from the caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from jobs.attack import AlphaSource, Report, model_dir, run_attack
+from jobs.attack_spec import AttackSpec
+from jobs.metrics import MetricsResult, MetricsSpec, committed_metrics, run_metrics
+from shared import store
+from shared.attacks import family_of
+from shared.registry import Registry
+
+LOOP_SETTINGS = ("lr", "batch_size", "epochs", "max_steps", "evals_per_epoch", "eval_images", "amp")
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """One trial of any family, as the orchestrator plans it (JSON-able through :meth:`to_dict`)."""
+
+    attack: str  # a registered attack; its family's runner runs the trial
+    config: dict[str, Any]  # the family's job settings (AttackFamily.job_config)
+    dataset: str  # dataset root URI
+    model: str  # registered model name
+    weights: str  # the variant's checkpoint URI or torchvision weights name
+    variant_key: str  # content key of the variant (its tables live under model={variant_key})
+    layers: tuple[str, ...]  # the trial's layer scope
+    units: str | tuple[int, ...]  # "all" or unit indices
+    seed: int
+    train_split: str
+    val_split: str
+    training: dict[str, Any] = field(default_factory=dict)  # the shared loop's settings (LOOP_SETTINGS)
+    alpha: dict[str, Any] = field(default_factory=dict)  # AlphaConfig fields
+    evaluation: dict[str, Any] = field(default_factory=dict)  # the metrics settings of the spec
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrialJob:
+        d = dict(d)
+        d["layers"] = tuple(d["layers"])
+        if d["units"] != "all":
+            d["units"] = tuple(d["units"])
+        return cls(**d)
+
+    @property
+    def family(self) -> str:
+        return family_of(self.attack).name
+
+
+@dataclass
+class TrialOutcome:
+    """What a finished (or stored) trial produced; the orchestrator logs it."""
+
+    attack_key: str
+    model_uri: str | None  # the attacked model; None when stopped early
+    history: list[dict[str, Any]]  # step metrics, one entry per evaluation
+    final: dict[str, float]  # final metrics (MLflow names)
+    artifacts: list[tuple[str, str]]  # (store URI, file name at the run's artifact root)
+    unit_tables: dict[str, str] = field(default_factory=dict)  # "layer/split" -> per-unit table URI
+    budget_broken: bool = False
+
+
+class Runner:
+    """Base class: keys, stored results and the run of one family's trials."""
+
+    name: ClassVar[str] = ""
+
+    def attack_key(self, job: TrialJob, dataset_id: str) -> str:
+        raise NotImplementedError
+
+    def trial_key(self, job: TrialJob, dataset_id: str) -> str:
+        raise NotImplementedError
+
+    def stored(self, job: TrialJob, store_uri: str) -> TrialOutcome | None:
+        """The committed outcome, or None when anything is unfinished (reads manifests only)."""
+        raise NotImplementedError
+
+    def run(
+        self,
+        job: TrialJob,
+        store_uri: str,
+        report: Report | None = None,
+        checkpoint_dir: str | None = None,
+        resume_from: str | None = None,
+        alpha_source: AlphaSource | None = None,
+    ) -> TrialOutcome | None:
+        """Train and measure; None when ``report`` stopped the run early."""
+        raise NotImplementedError
+
+
+RUNNERS: Registry[Runner] = Registry("trial runner")
+
+
+def register_runner(cls: type[Runner]) -> type[Runner]:
+    RUNNERS.register(cls.name)(cls())
+    return cls
+
+
+def runner_for(attack: str) -> Runner:
+    """The runner of the family that declares ``attack``."""
+    return RUNNERS.get(family_of(attack).runner)
+
+
+@register_runner
+class FineTuneRunner(Runner):
+    """The shared fine-tuning loop (Eq. 5 with the attack's loss hooks), then the §3 metrics."""
+
+    name = "finetune"
+
+    def attack_spec(self, job: TrialJob, **execution: Any) -> AttackSpec:
+        """The loop's spec; ``execution`` overrides settings (execution-only ones, or max_steps in tests)."""
+        t = {k: job.training[k] for k in LOOP_SETTINGS if k in job.training}
+        return AttackSpec(
+            dataset=job.dataset, model=job.model, weights=job.weights, variant_key=job.variant_key,
+            attack=job.attack, config=job.config, layers=job.layers, units=job.units, alpha=job.alpha,
+            eval_split=job.val_split, train_split=job.train_split, seed=job.seed, **{**t, **execution},
+        )  # fmt: skip
+
+    def metrics_spec(self, job: TrialJob, store_uri: str, dataset_id: str) -> MetricsSpec:
+        e = job.evaluation
+        akey = self.attack_key(job, dataset_id)
+        return MetricsSpec(
+            dataset=job.dataset, model=job.model, variant_key=job.variant_key, init_weights=job.weights,
+            final_weights=store.join(model_dir(store_uri, akey), "model.pt"), final_state_key=akey,
+            layers=job.layers, units=job.units, k=e["k"], tau_images=e["tau_images"], tau_seed=job.seed,
+            val_split=job.val_split, splits=tuple(e["splits"]), embedder=e["embedder"],
+            picture_units=e["picture_units"],
+        )  # fmt: skip
+
+    def attack_key(self, job: TrialJob, dataset_id: str) -> str:
+        return self.attack_spec(job).key(dataset_id)
+
+    def trial_key(self, job: TrialJob, dataset_id: str) -> str:
+        # the metrics spec's keyed fields do not depend on the store's location
+        m = self.metrics_spec(job, "/", dataset_id)
+        keyed = {f.name: getattr(m, f.name) for f in dataclasses.fields(m) if f.compare}
+        keyed.pop("final_weights")
+        return store.content_key(self.attack_key(job, dataset_id), _jsonable(keyed))
+
+    def stored(self, job: TrialJob, store_uri: str) -> TrialOutcome | None:
+        from shared.dataset_meta import dataset_id
+
+        ds_id = dataset_id(job.dataset)
+        akey = self.attack_key(job, ds_id)
+        am = store.read_manifest(model_dir(store_uri, akey))
+        if am is None or am.get("key") != akey:
+            return None
+        mres = committed_metrics(self.metrics_spec(job, store_uri, ds_id), store_uri)
+        if mres is None:
+            return None
+        return self._outcome(job, akey, store.join(model_dir(store_uri, akey), "model.pt"), am, mres)
+
+    def run(self, job, store_uri, report=None, checkpoint_dir=None, resume_from=None, alpha_source=None):
+        from shared.dataset_meta import dataset_id
+
+        spec = self.attack_spec(job)
+        res = run_attack(
+            spec, store_uri, report=report, checkpoint_dir=checkpoint_dir, resume_from=resume_from,
+            alpha_source=alpha_source,
+        )  # fmt: skip
+        if res.stopped or res.model_uri is None:
+            return None
+        mres = run_metrics(self.metrics_spec(job, store_uri, dataset_id(job.dataset)), store_uri)
+        am = {"history": res.history, "result_step": res.result_step, "budget_broken": res.budget_broken}
+        return self._outcome(job, res.key, res.model_uri, am, mres)
+
+    def _outcome(
+        self, job: TrialJob, akey: str, model_uri: str, am: dict, mres: MetricsResult
+    ) -> TrialOutcome:
+        history = list(am.get("history", []))
+        final = final_metrics(job, history, mres)
+        if am.get("result_step") is not None:
+            final["result_step"] = float(am["result_step"])
+        broken = bool(am.get("budget_broken", False))
+        final["budget_broken"] = float(broken)
+        artifacts = []
+        tables = {}
+        for (layer, split), m in mres.per.items():
+            tables[f"{layer}/{split}"] = m.uri
+            if m.picture_uri is not None:
+                artifacts.append((m.picture_uri, f"{layer}_{split}_before_after.png"))
+            artifacts.append((m.table_uri, f"{layer}_{split}_unit_metrics.parquet"))
+        return TrialOutcome(akey, model_uri, history, final, artifacts, tables, broken)
+
+
+METRIC_NAMES = ("clip_delta", "kendall_tau", "clip_w", "kendall_tau_w", "topk_overlap")
+
+
+def final_metrics(
+    job: TrialJob, history: list[dict], mres: MetricsResult, primary_split: str | None = None
+) -> dict[str, float]:
+    """The figures of Table 3.1 (layer means; for a multi-layer scope, their mean) plus every detail."""
+    primary = primary_split or job.train_split
+    flat = {k.replace("/", "."): float(v) for k, v in mres.flat().items() if v is not None}
+    out: dict[str, float] = {k: v for k, v in flat.items() if v == v}  # drop NaN
+    for name in METRIC_NAMES:
+        vals = [mres.per[(ly, primary)].means.get(name) for ly in job.layers if (ly, primary) in mres.per]
+        vals = [v for v in vals if v is not None and v == v]
+        if vals:
+            out[name] = float(sum(vals) / len(vals))
+    if history:
+        out["alpha_final"] = float(history[-1].get("alpha", 0.0))
+        out["steps"] = float(history[-1]["step"])
+    return out
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    return x

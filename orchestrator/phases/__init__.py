@@ -1,0 +1,1 @@
+"""The phases of a sweep (ARCHITECTURE.md "Phases on Ray"); no phase imports another."""

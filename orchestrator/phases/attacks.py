@@ -1,0 +1,92 @@
+"""Phase 3: the attack trials on Ray Tune, the α controller as the trial scheduler.
+
+Trials whose outputs are committed in the store are not scheduled again; those without a
+finished MLflow run (e.g. a new tracking URI) are logged from the store instead.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from orchestrator.plan import TrialPlan, stored_result
+from orchestrator.resources import concurrency, gpus_per_trial
+from orchestrator.status import TUNE_DIR, sweep_dir
+from orchestrator.tracking import TrialRun, find_child_runs
+from orchestrator.trial import finish_run
+from shared import store
+
+
+def log_stored(plans: list[TrialPlan], done: set[str], spec: Any, tracking_uri: str, experiment_id: str,
+               parent: str, sid: str) -> int:  # fmt: skip
+    """Trials finished in the store but without a finished MLflow run: logged now from the store."""
+    finished = {
+        r.data.tags.get("vizsweep.trial_key")
+        for r in find_child_runs(tracking_uri, sid)
+        if r.info.status == "FINISHED"
+    }
+    n = 0
+    for p in plans:
+        if p.trial_key not in done or p.trial_key in finished:
+            continue
+        outcome = stored_result(p, spec.store)
+        run = TrialRun.open(tracking_uri, experiment_id, parent, p.trial_key, p.run_name, p.params,
+                            {"vizsweep.sweep_id": sid, "vizsweep.attack_key": p.attack_key})  # fmt: skip
+        for h in outcome.history:
+            keys = ("attack_loss", "maintain_loss", "alpha", "acc_drop", "epoch")
+            run.log_step({k: float(h[k]) for k in keys if k in h} | {"eval_acc": float(h["acc"])}, int(h["step"]))
+        finish_run(run, p, outcome)
+        n += 1
+    return n
+
+
+def run_trials(spec, sid, todo: list[TrialPlan], tracking_uri, experiment_id, parent, progress,
+               max_concurrent: int | None) -> tuple[list[str], list[str]]:  # fmt: skip
+    """The trials on Ray Tune; returns the run names of failed and of controller-stopped trials."""
+    import ray
+    from ray import tune
+
+    from orchestrator.alpha_scheduler import AlphaScheduler, get_or_create_board
+    from orchestrator.trial import TrialContext, attack_trial
+
+    sdir = sweep_dir(spec.store, sid)
+    board = get_or_create_board(sid, store.join(sdir, "alpha"))
+    ray.get(board.history.remote("warm-up"))  # the board is up before the first trial asks it
+    ctx = TrialContext(sid, store.normalize(spec.store), tracking_uri, experiment_id, parent, store.current_s3())
+    gpu_per = gpus_per_trial(spec)
+    cpu_per = float(spec.resources.cpus_per_trial)
+    trainable = tune.with_resources(tune.with_parameters(attack_trial, ctx=ctx), {"cpu": cpu_per, "gpu": gpu_per})
+    fs, path = store.resolve(store.join(sdir, TUNE_DIR))
+    run_config = tune.RunConfig(
+        name="attacks", storage_path=path, storage_filesystem=fs, verbose=0,
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        callbacks=[progress.tune_callback()], log_to_file=True,
+    )  # fmt: skip
+    exp = os.path.join(path, "attacks")
+    if tune.Tuner.can_restore(exp, storage_filesystem=fs):
+        # the same spec ran before and stopped (crash, SIGKILL): Tune's own restore; finished trials stay
+        tuner = tune.Tuner.restore(exp, trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=fs)  # fmt: skip
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"plan": tune.grid_search([p.to_dict() for p in todo])},
+            tune_config=tune.TuneConfig(
+                scheduler=AlphaScheduler(sid), max_concurrent_trials=max_concurrent or concurrency(cpu_per, gpu_per),
+                trial_name_creator=_trial_name, trial_dirname_creator=_trial_name, reuse_actors=True,
+            ),
+            run_config=run_config,
+        )  # fmt: skip
+    grid = tuner.fit()
+    failed, stopped = [], []
+    for r in grid:
+        name = r.config["plan"]["run_name"] if r.config else "?"
+        if r.error is not None:
+            failed.append(name)
+        elif (r.metrics or {}).get("stopped_budget"):
+            stopped.append(name)
+    return failed, stopped
+
+
+def _trial_name(trial) -> str:
+    return f"{trial.config['plan']['run_name']}-{trial.trial_id}"
