@@ -203,18 +203,13 @@ class _Trial:
             )
         return metrics
 
-    def result_state(self) -> tuple[int | None, bool]:
-        """(result step, budget broken): an α-controlled run over budget at its end falls back to the
-        last evaluated state within the budget, or is marked broken when none held it."""
-        last = self.history[-1] if self.history else None
-        if self.attack.fixed_alpha is not None or last is None:
-            return self.step, False
-        if last["acc_drop"] <= self.spec.alpha.max_drop_pp:
-            return self.step, False
-        if self.kept is None:
-            return self.step, True
-        self.model.load_state_dict(self.kept[1])
-        return self.kept[0], False
+    def result_state(self) -> tuple[int, bool]:
+        """(result step, budget broken); the model is set to the result's weights (see result_choice)."""
+        controlled = self.attack.fixed_alpha is None
+        step, broken = result_choice(self.history, self.spec.alpha.max_drop_pp, controlled, self.step)
+        if step != self.step and self.kept is not None and self.kept[0] == step:
+            self.model.load_state_dict(self.kept[1])
+        return step, broken
 
     def after_eval(self, metrics, report, checkpoint_dir, alpha_source) -> bool:
         """Checkpoint (if due), report, then take a scheduler's α; True when report asked to stop."""
@@ -256,6 +251,19 @@ def _run(spec, store_uri, key, device, report, checkpoint_dir, resume_from, alph
         uri, key, trial.history, final_acc, trial.acc0, trial.step, False, stopped, trial.last_ckpt,
         time.time() - t0, result_step, broken,
     )  # fmt: skip
+
+
+def result_choice(history: list[dict[str, Any]], max_drop_pp: float, controlled: bool, last_step: int) -> tuple[int, bool]:
+    """Which evaluated state is an α-controlled run's result (SCIENCE.md §2's accuracy budget).
+
+    The last state, when it holds the budget or α does not drive the run; else the last
+    evaluated state that held it; else the last state, marked ``budget broken`` so that no
+    report shows it as a silent row.
+    """
+    if not controlled or not history or history[-1]["acc_drop"] <= max_drop_pp:
+        return last_step, False
+    held = [h["step"] for h in history if h["acc_drop"] <= max_drop_pp]
+    return (int(held[-1]), False) if held else (last_step, True)
 
 
 def _boundaries(per_epoch: int, evals: int) -> set[int]:

@@ -419,3 +419,33 @@ def test_push_up_pushes_each_units_best_decoy_above_the_batchs_best_image():
         attack.all_decoys
         and not build_attack("push-up-pairwise", _targets({"conv5": [0]}, {"conv5": [1.0]})).all_decoys
     )
+
+
+@pytest.mark.parametrize(
+    "drops, controlled, want",
+    [
+        ([0.1, 0.3, 0.2], True, (30, False)),  # the last state holds the 0.5 pp budget
+        ([0.1, 0.4, 0.9], True, (20, False)),  # over at the end: the last state that held it
+        ([0.7, 0.2, 0.9], True, (20, False)),
+        ([0.7, 0.8, 0.9], True, (30, True)),  # never held: kept, but marked budget broken
+        ([0.7, 0.8, 0.9], False, (30, False)),  # the control row: α fixed, no budget
+        ([], True, (0, False)),
+    ],
+)
+def test_result_choice_keeps_the_budget(drops, controlled, want):
+    from jobs.attack import result_choice
+
+    history = [{"step": 10 * (i + 1), "acc_drop": d} for i, d in enumerate(drops)]
+    assert result_choice(history, 0.5, controlled, 10 * len(drops)) == want
+
+
+@pytest.mark.slow
+def test_a_run_that_cannot_hold_the_budget_is_marked_broken(tiny, ray_local):
+    from jobs.attack import model_dir, run_attack
+    from shared import store
+
+    spec = _tiny_spec(tiny, max_steps=8, alpha={"max_drop_pp": -100.0})  # accuracy would have to rise 100 pp
+    res = run_attack(spec, str(tiny["root"] / "broken"))
+    assert res.budget_broken and res.result_step == 8 and res.model_uri is not None
+    manifest = store.read_manifest(model_dir(str(tiny["root"] / "broken"), res.key))
+    assert manifest["budget_broken"] is True and manifest["result_step"] == 8

@@ -1,0 +1,46 @@
+"""The shape ARCHITECTURE.md asks for: one-way layers, no import circles, plugins found by registry."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.attacks import attack_names, families
+
+ROOT = Path(__file__).resolve().parents[1]
+CIRCLES = ROOT.parent / "shared" / "tools" / "import_circles.py"
+
+
+def _sources(*folders: str) -> list[Path]:
+    return [p for f in folders for p in (ROOT / f).rglob("*.py")]
+
+
+@pytest.mark.parametrize("name", attack_names())
+def test_no_attack_name_is_a_literal_in_the_orchestrator_or_jobs(name):
+    pattern = re.compile(rf"""["']{re.escape(name)}["']""")
+    hits = [f"{p.relative_to(ROOT)}:{i}" for p in _sources("orchestrator", "jobs")
+            for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]  # fmt: skip
+    assert not hits, f"attack {name!r} named in {hits}: declare it on its family record instead"
+
+
+def test_every_attack_belongs_to_one_family():
+    owned = [a for fam in families() for a in fam.attacks]
+    assert sorted(owned) == attack_names() and len(owned) == len(set(owned))
+
+
+@pytest.mark.skipif(not CIRCLES.exists(), reason="the handbook's import_circles tool is beside the repo")
+def test_no_import_circles_function_local_imports_included():
+    out = subprocess.run([sys.executable, str(CIRCLES), "."], cwd=ROOT, capture_output=True, text=True)
+    assert "circle:" not in out.stdout, out.stdout
+
+
+def test_layer_contracts_hold():
+    """import-linter: orchestrator > jobs > shared; Ray Tune and MLflow only under orchestrator."""
+    exe = Path(sys.executable).with_name("lint-imports")
+    out = subprocess.run([str(exe)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "Contracts: 3 kept, 0 broken." in out.stdout, out.stdout[-2000:]
