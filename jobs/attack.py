@@ -112,9 +112,10 @@ class _Trial:
         torch.manual_seed(spec.seed)  # dropout; resumed runs restore the RNG states instead
         self.model, self.meta = build_model(spec.model, weights=spec.weights)
         self.teacher, _ = build_model(spec.model, weights=spec.weights)  # θ0, frozen (Eq. 6)
-        self.model.to(device).train()
         self.teacher.to(device).eval().requires_grad_(False)
         self.attack = build_attack(spec.attack, self.data.inputs, spec.config)
+        self.attack.bind(spec.model, self.teacher)
+        self.model.to(device).train(self.attack.train_mode)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=spec.lr)
         self.amp = autocast(device, spec.amp)
         self.acc0 = self.accuracy(self.teacher)
@@ -253,7 +254,9 @@ def _run(spec, store_uri, key, device, report, checkpoint_dir, resume_from, alph
     )  # fmt: skip
 
 
-def result_choice(history: list[dict[str, Any]], max_drop_pp: float, controlled: bool, last_step: int) -> tuple[int, bool]:
+def result_choice(
+    history: list[dict[str, Any]], max_drop_pp: float, controlled: bool, last_step: int
+) -> tuple[int, bool]:
     """Which evaluated state is an α-controlled run's result (SCIENCE.md §2's accuracy budget).
 
     The last state, when it holds the budget or α does not drive the run; else the last

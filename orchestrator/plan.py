@@ -67,7 +67,9 @@ class TrialPlan:
         return TrialJob.from_dict(self.job)
 
 
-def trial_job(spec: Any, prep: Prepared, v: Variant, entry: AttackConfig, layers: tuple[str, ...], seed: int) -> TrialJob:
+def trial_job(
+    spec: Any, prep: Prepared, v: Variant, entry: AttackConfig, layers: tuple[str, ...], seed: int
+) -> TrialJob:
     """The job of one trial: the family's own settings plus the sweep's common ones."""
     fam = family_of(entry.name)
     t = spec.training
@@ -92,7 +94,9 @@ def plan_trials(spec: Any, prep: Prepared) -> list[TrialPlan]:
     return plans
 
 
-def plan_trial(spec: Any, prep: Prepared, v: Variant, entry: AttackConfig, layers: tuple[str, ...], seed: int) -> TrialPlan:
+def plan_trial(
+    spec: Any, prep: Prepared, v: Variant, entry: AttackConfig, layers: tuple[str, ...], seed: int
+) -> TrialPlan:
     fam = family_of(entry.name)
     job = trial_job(spec, prep, v, entry, layers, seed)
     runner = runner_for(entry.name)

@@ -35,5 +35,7 @@ def task_resources(spec: Any) -> dict[str, float]:
     gpu = gpus_per_trial(spec)
     if gpu > 0:
         return {"num_cpus": float(res.cpus_per_trial), "num_gpus": gpu}
-    sizes = [n["Resources"].get("CPU", 1) for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU")]
+    sizes = [
+        n["Resources"].get("CPU", 1) for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU")
+    ]
     return {"num_cpus": float(max(res.cpus_per_trial, min(sizes or [2]) - 1)), "num_gpus": 0.0}

@@ -101,7 +101,9 @@ def launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None)
     if todo:
         write_status(sdir, state="attacks")
         progress = SweepProgress(len(plans), len(done), sdir, quiet=quiet)
-        failed, stopped_now = run_trials(spec, sid, todo, tracking_uri, experiment_id, parent, progress, max_concurrent)
+        failed, stopped_now = run_trials(
+            spec, sid, todo, tracking_uri, experiment_id, parent, progress, max_concurrent
+        )
         stopped += stopped_now
         progress.close()
     state = "failed" if failed else "done"

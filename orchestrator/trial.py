@@ -181,5 +181,12 @@ def log_outputs(run: TrialRun, plan: TrialPlan, outcome: TrialOutcome, decisions
             run.log_artifact(path)
         pointer = os.path.join(tmp, "model.json")
         with open(pointer, "w") as f:
-            json.dump({"model_uri": outcome.model_uri, "attack_key": plan.attack_key, "model": plan.params["model"]}, f)
+            json.dump(
+                {
+                    "model_uri": outcome.model_uri,
+                    "attack_key": plan.attack_key,
+                    "model": plan.params["model"],
+                },
+                f,
+            )
         run.log_artifact(pointer)

@@ -34,7 +34,9 @@ def log_stored(plans: list[TrialPlan], done: set[str], spec: Any, tracking_uri: 
                             {"vizsweep.sweep_id": sid, "vizsweep.attack_key": p.attack_key})  # fmt: skip
         for h in outcome.history:
             keys = ("attack_loss", "maintain_loss", "alpha", "acc_drop", "epoch")
-            run.log_step({k: float(h[k]) for k in keys if k in h} | {"eval_acc": float(h["acc"])}, int(h["step"]))
+            run.log_step(
+                {k: float(h[k]) for k in keys if k in h} | {"eval_acc": float(h["acc"])}, int(h["step"])
+            )
         finish_run(run, p, outcome)
         n += 1
     return n
@@ -52,10 +54,14 @@ def run_trials(spec, sid, todo: list[TrialPlan], tracking_uri, experiment_id, pa
     sdir = sweep_dir(spec.store, sid)
     board = get_or_create_board(sid, store.join(sdir, "alpha"))
     ray.get(board.history.remote("warm-up"))  # the board is up before the first trial asks it
-    ctx = TrialContext(sid, store.normalize(spec.store), tracking_uri, experiment_id, parent, store.current_s3())
+    ctx = TrialContext(
+        sid, store.normalize(spec.store), tracking_uri, experiment_id, parent, store.current_s3()
+    )
     gpu_per = gpus_per_trial(spec)
     cpu_per = float(spec.resources.cpus_per_trial)
-    trainable = tune.with_resources(tune.with_parameters(attack_trial, ctx=ctx), {"cpu": cpu_per, "gpu": gpu_per})
+    trainable = tune.with_resources(
+        tune.with_parameters(attack_trial, ctx=ctx), {"cpu": cpu_per, "gpu": gpu_per}
+    )
     fs, path = store.resolve(store.join(sdir, TUNE_DIR))
     run_config = tune.RunConfig(
         name="attacks", storage_path=path, storage_filesystem=fs, verbose=0,

@@ -51,7 +51,9 @@ def model_key(model: str, weights: str) -> str:
     if ("://" in weights or "/" in weights) and store.exists(weights):
         fs, path = store.resolve(weights)
         size = fs.get_file_info(path).size
-    return store.content_key({"model": model, "weights": store.normalize(weights) if size else weights, "size": size})
+    return store.content_key(
+        {"model": model, "weights": store.normalize(weights) if size else weights, "size": size}
+    )
 
 
 def _noop(*a: Any, **k: Any) -> None:

@@ -17,6 +17,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from shared.pruners import get_pruner
+
 from jobs.activations import variant_tables
 from jobs.metrics import read_unit_metrics
 from jobs.prune import PruneResult, PruneSpec, prune_key, run_prune
@@ -26,7 +28,6 @@ from orchestrator.plan import Prepared, Variant, trial_job
 from orchestrator.resources import concurrency, task_resources
 from shared import store
 from shared.attacks import family_of
-from shared.pruners import get_pruner
 
 
 def make_variants(spec: Any, prep: Prepared, bar=None) -> Prepared:
@@ -53,7 +54,9 @@ def prune_spec(spec: Any, prep: Prepared, base: Variant, p: Any, bar=None) -> Pr
     rate = p.rate
     pruner = get_pruner(p.method)
     if pruner.ranking_attack:
-        progress = (bar or (lambda name: None))(f"ranking {base.model} {p.layer} units ({pruner.ranking_attack})")
+        progress = (bar or (lambda name: None))(
+            f"ranking {base.model} {p.layer} units ({pruner.ranking_attack})"
+        )
         units, rate = ranked_units(spec, prep, base, p, progress)
     return PruneSpec(
         dataset=prep.dataset, model=base.model, weights=base.weights, base_key=base.key, method=p.method,
@@ -62,7 +65,9 @@ def prune_spec(spec: Any, prep: Prepared, base: Variant, p: Any, bar=None) -> Pr
     )  # fmt: skip
 
 
-def ranked_units(spec: Any, prep: Prepared, base: Variant, p: Any, progress=None) -> tuple[tuple[int, ...], float]:
+def ranked_units(
+    spec: Any, prep: Prepared, base: Variant, p: Any, progress=None
+) -> tuple[tuple[int, ...], float]:
     """The ``p.count`` units of ``p.layer`` that the pruner's ranking attack moves most, and their share."""
     pruner = get_pruner(p.method)
     name = pruner.ranking_attack

@@ -84,10 +84,20 @@ class Attack:
 
     name: ClassVar[str] = ""
     fixed_alpha: ClassVar[float | None] = None  # α the controller must not move (fine-tuning: 0)
+    train_mode: ClassVar[bool] = True  # the model's mode while fine-tuned (Heo: eval, BatchNorm frozen)
 
     def __init__(self, inputs: Any = None, config: Mapping[str, Any] | None = None) -> None:
         self.inputs = inputs
         self.config = dict(config or {})
+        self.teacher: nn.Module | None = None  # θ0, frozen; set by bind()
+
+    def bind(self, model_name: str, teacher: nn.Module) -> None:
+        """Called once by the loop: the frozen initial model (losses that compare with θ0 need it)."""
+        self.model_name, self.teacher = model_name, teacher
+
+    def mix(self, alpha: float, l_attack: torch.Tensor, l_maintain: torch.Tensor) -> torch.Tensor:
+        """Eq. 5's ``α·L_A + (1−α)·L_M``; a family with a fixed weight λ overrides it (Heo Eq. 2)."""
+        return alpha * l_attack + (1.0 - alpha) * l_maintain
 
     def batch(self, train: torch.Tensor, labels: torch.Tensor | None, step: int, seed: int) -> StepBatch:
         """The pixels of one step; a pure function of (seed, step) so resumes need no state."""
@@ -249,7 +259,7 @@ def train_step(
         teacher_logits = teacher(batch.train)
     with amp:
         l_a, l_m = attack.step_losses(model, model_name, teacher_logits, batch)
-    total = alpha * l_a + (1.0 - alpha) * l_m
+    total = attack.mix(alpha, l_a, l_m)
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     optimizer.step()
