@@ -51,3 +51,8 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def first_line(doc: str | None) -> str:
+    """The first line of a docstring (a registered plugin's one-line description), or ""."""
+    return (doc or "").strip().split("\n", 1)[0].strip()

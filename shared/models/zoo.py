@@ -24,6 +24,7 @@ from shared import store
 from shared.datasets import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from shared.models.alexnet_mini import AlexNetMini
 from shared.models.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from shared.models.surgery import rebuild
 from shared.registry import Registry
 
 IMAGENET = Preprocess(resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -280,11 +281,8 @@ def _from_checkpoint(
     _check_classes(num_classes, n, f"checkpoint {uri}")
     model = info.builder(n)
     index_map = ckpt["meta"].get("index_map")
-    if index_map:  # a structured-pruned variant: rebuild its smaller shape, then load (shared.pruning)
-        from shared.pruning import apply_index_map
-
-        crop = info.preprocess.crop
-        apply_index_map(model, index_map, torch.zeros(1, 3, crop, crop))
+    if index_map:  # a structured-pruned variant: rebuild its smaller shape, then load strictly
+        rebuild(model, index_map, info.preprocess.crop)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
