@@ -14,8 +14,8 @@ import jobs.prune as prune_job
 from jobs.prune import PruneSpec, run_prune
 from shared import store
 from shared.models import load_checkpoint, read_checkpoint, save_checkpoint
-from shared.models.zoo import build_model
 from shared.models.surgery import apply_index_map
+from shared.models.zoo import build_model
 from shared.pruners import (
     filter_sparsity,
     group_prune,

@@ -19,6 +19,8 @@ from shared.pruners.base import (
     get_pruner,
     pruner_names,
     register_pruner,
+    report_tables,
+    table_of,
 )
 from shared.pruners.group import group_prune, output_layers, sparsity_regularizer
 from shared.pruners.measure import filter_sparsity, make_permanent, weight_pruning_rate, weight_sparsity
@@ -45,7 +47,9 @@ __all__ = [
     "pruner_names",
     "rank_by_clip_delta",
     "register_pruner",
+    "report_tables",
     "sparsity_regularizer",
+    "table_of",
     "vulnerability_prune",
     "weight_pruning_rate",
     "weight_sparsity",

@@ -92,10 +92,9 @@ class Pruner:
         return ""
 
     @classmethod
-    def report_key(cls, priority: str | None) -> str:
-        """Stable name of one table / plot, e.g. "norm" or "group-weight" (plot file names)."""
-        v = cls.variant(priority)
-        return f"{cls.name}-{v}" if v else cls.name
+    def report_key(cls, variant: str = "") -> str:
+        """Stable name of one of :attr:`tables`, e.g. "norm" or "group-weight" (plot file names)."""
+        return f"{cls.name}-{variant}" if variant else cls.name
 
     @classmethod
     def rate_label(cls, rate: float) -> str:
@@ -142,6 +141,20 @@ def get_pruner(name: str) -> type[Pruner]:
 def pruner_names() -> list[str]:
     """Registered methods in display order (the unpruned control first), then by name."""
     return sorted(PRUNERS, key=lambda n: (PRUNERS.get(n).order, n))
+
+
+def report_tables() -> list[tuple[type[Pruner], str]]:
+    """(pruner, variant) of every pruned-model table, in display order (thesis Tables 4.1–4.4)."""
+    return [(PRUNERS.get(n), v) for n in pruner_names() for v in PRUNERS.get(n).tables]
+
+
+def table_of(method: Any, priority: str | None = None) -> tuple[type[Pruner], str] | None:
+    """The (pruner, variant) table a report row of ``method`` belongs to; None for the unpruned
+    control, a row without a method, or a method no longer registered (its row is left out)."""
+    cls = PRUNERS.get(method) if isinstance(method, str) and method in PRUNERS else None
+    if cls is None or cls.variant(priority) not in cls.tables:
+        return None
+    return cls, cls.variant(priority)
 
 
 def check_method(method: str, field: str = "method") -> str:

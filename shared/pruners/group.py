@@ -143,7 +143,9 @@ class GroupPruning(Pruner):
 
     def prune(self, model: nn.Module, settings: Any, ctx: PruneContext) -> tuple[nn.Module, IndexMap]:
         if settings.sparse_epochs:
-            reg = sparsity_regularizer(model, ctx.example, settings.priority, list(ctx.protect), settings.sparse_reg)
+            reg = sparsity_regularizer(
+                model, ctx.example, settings.priority, list(ctx.protect), settings.sparse_reg
+            )
             ctx.train(model, settings.sparse_epochs, "sparse", reg)
         return group_prune(model, settings.rate, ctx.example, settings.priority, protect=list(ctx.protect))
 
