@@ -110,9 +110,7 @@ class PruneSpec:
 
 @dataclass(frozen=True)
 class PruneResult:
-    model_uri: (
-        str  # checkpoint URI (shared.models.load_checkpoint); the base's for a method that prunes nothing
-    )
+    model_uri: str  # checkpoint URI (shared.models.load_checkpoint); the base's if nothing is pruned
     key: str  # content key of the pruned model (base_key for a method that prunes nothing)
     weight_rate: float  # weight pruning rate: share of the base's conv+linear weights removed or zero
     filter_rate: float  # filter pruning rate: share of the base's conv filters removed (or all-zero)
