@@ -1,8 +1,8 @@
 """Figures 4.1–4.4 of the thesis: accuracy and CLIP-δ against the pruning rate, per method.
 
 One PNG per table a registered pruner declares (``Pruner.tables``: norm, group per priority
-like the thesis's two OTO figures, vulnerability), two panels (Acc, CLIP-δ), one line per attack and layer; the unpruned model
-is the rate-0 point of every line.
+like the thesis's two OTO figures, vulnerability), two panels (Acc, CLIP-δ), one line per
+attack and layer; the unpruned model (a pruner that prunes nothing) is the rate-0 point of every line.
 """
 
 from __future__ import annotations
