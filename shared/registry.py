@@ -54,5 +54,6 @@ class Registry(Generic[T]):
 
 
 def first_line(doc: str | None) -> str:
-    """The first line of a docstring (a registered plugin's one-line description), or ""."""
-    return (doc or "").strip().split("\n", 1)[0].strip()
+    """A registered plugin's one-line description: its docstring's first paragraph on one line
+    (a summary wrapped over two source lines stays whole), or ""."""
+    return " ".join((doc or "").strip().split("\n\n", 1)[0].split())

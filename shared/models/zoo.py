@@ -25,7 +25,7 @@ from shared.datasets import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from shared.models.alexnet_mini import AlexNetMini
 from shared.models.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from shared.models.surgery import rebuild
-from shared.registry import Registry
+from shared.registry import Registry, first_line
 
 IMAGENET = Preprocess(resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 MINI = Preprocess(resize=64, crop=56, mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -57,6 +57,7 @@ class ModelInfo:
     # it is needed, which saves ~2 s in every Ray actor that scores a small model.
     weights_enum_name: str | None = None
     notes: str = field(default="")  # why an alias points where it points, when not obvious
+    description: str = field(default="")  # one line for `vizsweep list models`
 
     @property
     def weights_enum(self) -> Any:
@@ -95,11 +96,14 @@ def register_model(
     head: str,
     weights_enum: str | None = None,
     notes: str = "",
+    description: str = "",
 ) -> Callable[[Callable[[int], nn.Module]], Callable[[int], nn.Module]]:
-    """Decorator: register ``builder(num_classes) -> nn.Module`` under ``name`` (duplicates raise)."""
+    """Decorator: register ``builder(num_classes) -> nn.Module`` under ``name`` (duplicates raise).
+    ``description`` (one line) defaults to the first line of the builder's docstring."""
 
     def deco(builder: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
-        info = ModelInfo(name, builder, dict(layers), preprocess, num_classes, head, weights_enum, notes)
+        info = ModelInfo(name, builder, dict(layers), preprocess, num_classes, head, weights_enum, notes,
+                         description or first_line(builder.__doc__))  # fmt: skip
         MODELS.register(name)(info)
         return builder
 
@@ -128,6 +132,7 @@ def _module_names(name: str) -> frozenset[str]:
 
 @register_model("alexnet_mini", layers=ALEXNET_LAYERS, preprocess=MINI, num_classes=16, head="classifier.6")
 def _alexnet_mini(num_classes: int) -> nn.Module:
+    """AlexNet's layout shrunk for 56 px crops: the fast CPU stand-in for AlexNet (same module paths)."""
     return AlexNetMini(num_classes=num_classes)
 
 
@@ -140,6 +145,7 @@ def _alexnet_mini(num_classes: int) -> nn.Module:
     weights_enum="AlexNet_Weights",
 )
 def _alexnet(num_classes: int) -> nn.Module:
+    """torchvision AlexNet at 224 px: the thesis's model (conv1…conv5 as in SCIENCE.md §1)."""
     import torchvision.models as tvm
 
     return tvm.alexnet(weights=None, num_classes=num_classes)
@@ -154,6 +160,7 @@ def _alexnet(num_classes: int) -> nn.Module:
     weights_enum="ResNet50_Weights",
 )
 def _resnet50(num_classes: int) -> nn.Module:
+    """torchvision ResNet-50 at 224 px."""
     import torchvision.models as tvm
 
     return tvm.resnet50(weights=None, num_classes=num_classes)
@@ -173,6 +180,7 @@ def _resnet50(num_classes: int) -> nn.Module:
     ),
 )
 def _efficientnet_b0(num_classes: int) -> nn.Module:
+    """torchvision EfficientNet-B0 at 224 px."""
     import torchvision.models as tvm
 
     return tvm.efficientnet_b0(weights=None, num_classes=num_classes)
@@ -187,6 +195,7 @@ def _efficientnet_b0(num_classes: int) -> nn.Module:
     weights_enum="ViT_B_32_Weights",
 )
 def _vit_b_32(num_classes: int) -> nn.Module:
+    """torchvision ViT-B/32 at 224 px."""
     import torchvision.models as tvm
 
     return tvm.vit_b_32(weights=None, num_classes=num_classes)
