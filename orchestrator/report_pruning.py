@@ -38,7 +38,7 @@ def _num(v: Any) -> str:
 
 
 def _rate_label(pruner: type[Pruner], rate: float | None) -> str:
-    return "—" if rate is None else pruner.rate_label(rate)
+    return "—" if rate is None else pruner.format_rate(rate)
 
 
 def _groups(rows: Sequence[Mapping[str, Any]]) -> list[tuple[Group, str, list[Mapping[str, Any]]]]:

@@ -85,7 +85,11 @@ def test_cost_hooks():
     assert get_pruner("group").units_after(units, s) == {"conv3": 96, "conv5": 48}
     assert get_pruner("vulnerability").units_after(units, s) == {"conv3": 128, "conv5": 60}
     assert [get_pruner(n).extra_epochs(s) for n in pruner_names()] == [0, 0, 2, 0]
-    assert get_pruner("vulnerability").report_rate(s) == 4.0 and get_pruner("norm").report_rate(s) == 0.25
+    assert get_pruner("vulnerability").rate_label(s) == 4.0 and get_pruner("norm").rate_label(s) == 0.25
+    assert [get_pruner(n).priority_label(s) for n in pruner_names()] == ["", "", "filter", ""]
+    assert (
+        get_pruner("vulnerability").format_rate(4.0) == "4" and get_pruner("norm").format_rate(0.25) == "25%"
+    )
 
 
 # --- every registered pruner on a tiny CPU model ---------------------------------------------

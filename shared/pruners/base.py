@@ -97,14 +97,19 @@ class Pruner:
         return f"{cls.name}-{variant}" if variant else cls.name
 
     @classmethod
-    def rate_label(cls, rate: float) -> str:
-        """A rate as a table header shows it (a share by default)."""
+    def format_rate(cls, rate: float) -> str:
+        """A report row's ``prune_rate`` as a table header shows it (a share by default)."""
         return f"{100 * rate:g}%"
 
     @classmethod
-    def report_rate(cls, settings: Any) -> float:
-        """The number a sweep's report rows carry as ``prune_rate`` for these spec settings."""
+    def rate_label(cls, settings: Any) -> float:
+        """The number a variant and its report rows carry as ``prune_rate`` for these spec settings."""
         return float(settings.rate)
+
+    @classmethod
+    def priority_label(cls, settings: Any) -> str:
+        """What a variant and its report rows carry as ``prune_priority`` ("" when it means nothing)."""
+        return ""
 
     @classmethod
     def units_after(cls, units: Mapping[str, int], settings: Any) -> dict[str, int]:

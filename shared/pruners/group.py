@@ -161,6 +161,10 @@ class GroupPruning(Pruner):
         return priority or "filter"
 
     @classmethod
+    def priority_label(cls, settings: Any) -> str:
+        return settings.priority  # group pruning's two settings share method and rate
+
+    @classmethod
     def units_after(cls, units: Mapping[str, int], settings: Any) -> dict[str, int]:
         return {k: max(1, round(v * (1 - settings.rate))) for k, v in units.items()}
 
