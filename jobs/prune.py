@@ -9,9 +9,11 @@ whose manifest exists is reused, not redone. Method ``none`` returns the base un
   checkpoint is a plain state_dict and loads with ``build_model`` as well).
 - group: ``sparse_epochs`` of Torch-Pruning group-sparse training, then structured removal
   at ``rate`` per layer, then fine-tuning.
-- vulnerability: remove ``units`` of ``layer`` (ranked by ``shared.pruning.rank_by_clip_delta``
+- vulnerability: remove ``units`` of ``layer`` (ranked by ``shared.pruners.rank_by_clip_delta``
   in the orchestrator), then fine-tune.
-Structured checkpoints change the architecture: load them with :func:`load_pruned`.
+Each method is a plugin of :mod:`shared.pruners` (``get_pruner(spec.method)``): this job only
+runs its hook between loading and fine-tuning. Structured checkpoints change the architecture:
+``shared.models.load_checkpoint`` rebuilds them from the index map in their meta.
 Fine-tuning follows the thesis: Adam at ``lr`` (1e-5), x0.1 from ``lr_drop_at`` of the steps.
 Training batches stream through Ray Data (:class:`jobs.train_stream.TrainStream`, random
 horizontal flips on top), and the fine-tuned accuracy is the accuracy stage's Acc(θ0) of the
@@ -41,22 +43,17 @@ from shared.device import pick_device
 from shared.models import model_info, save_checkpoint
 from shared.models.zoo import build_model
 from shared.progress import Progress, no_progress
-from shared.pruning import (
+from shared.pruners import (
+    PruneContext,
     check_method,
     check_priority,
-    check_rate,
-    conv_for,
     filter_sparsity,
-    group_prune,
-    load_pruned,
+    get_pruner,
     make_permanent,
-    norm_prune,
-    sparsity_regularizer,
-    vulnerability_prune,
     weight_pruning_rate,
 )
 
-__all__ = ["CODE_VERSION", "PruneResult", "PruneSpec", "load_pruned", "run_prune"]
+__all__ = ["CODE_VERSION", "PruneResult", "PruneSpec", "run_prune"]
 
 CODE_VERSION = "prune-v2"  # bump when pruning or fine-tuning changes what a spec produces
 EXECUTION_ONLY = ("device", "cache_mb")  # settings that do not change the result: kept out of the key
@@ -70,7 +67,7 @@ class PruneSpec:
     model: str  # registered model name, e.g. "alexnet_mini"
     weights: str  # base checkpoint URI or torchvision weights name
     base_key: str  # content key of the base model
-    method: str  # none | norm | group | vulnerability
+    method: str  # a registered pruner (shared.pruners): none | norm | group | vulnerability
     rate: float  # norm: share of weights; group: share of units per layer; vulnerability: len(units) / J
     priority: str = "filter"  # group only: "filter" removes conv filters, "weight" fully connected neurons
     units: tuple[int, ...] = ()  # vulnerability only: unit indices of `layer` to remove
@@ -97,26 +94,7 @@ class PruneSpec:
         check_method(self.method, "PruneSpec.method")
         check_priority(self.priority, "PruneSpec.priority")
         object.__setattr__(self, "units", tuple(self.units))
-        if self.method == "none":
-            if self.rate != 0 or self.units:
-                raise ValueError(
-                    f"PruneSpec.rate={self.rate!r}, units={self.units!r}: method 'none' prunes nothing, "
-                    "so rate must be 0.0 and units empty"
-                )
-        else:
-            check_rate(self.rate, "PruneSpec.rate")
-        if self.method == "vulnerability":
-            if not self.units or any(
-                isinstance(u, bool) or not isinstance(u, int) or u < 0 for u in self.units
-            ):
-                raise ValueError(
-                    f"PruneSpec.units={self.units!r}: method 'vulnerability' needs unit indices >= 0 "
-                    "(shared.pruning.rank_by_clip_delta of an earlier push-down run)"
-                )
-            if len(set(self.units)) != len(self.units):
-                raise ValueError(f"PruneSpec.units={self.units!r}: unit indices must be distinct")
-        elif self.units:
-            raise ValueError(f"PruneSpec.units={self.units!r}: only method 'vulnerability' takes units")
+        get_pruner(self.method).check_job(self.rate, self.units, "PruneSpec")
         for name, low in (("epochs", 1), ("batch_size", 1), ("sparse_epochs", 0), ("block_rows", 1),
                           ("shuffle_buffer", 1)):  # fmt: skip
             value = getattr(self, name)
@@ -132,12 +110,12 @@ class PruneSpec:
 
 @dataclass(frozen=True)
 class PruneResult:
-    model_uri: str  # checkpoint URI (structured: load with load_pruned); the base's for method "none"
-    key: str  # content key of the pruned model (base_key for method "none")
+    model_uri: str  # checkpoint URI (shared.models.load_checkpoint); the base's if nothing is pruned
+    key: str  # content key of the pruned model (base_key for a method that prunes nothing)
     weight_rate: float  # weight pruning rate: share of the base's conv+linear weights removed or zero
     filter_rate: float  # filter pruning rate: share of the base's conv filters removed (or all-zero)
-    acc: float | None  # fine-tuned top-1 on spec.val_split in [0, 1]; None for "none" (not measured)
-    reused: bool  # True when nothing was computed (finished run found, or method "none")
+    acc: float | None  # fine-tuned top-1 on spec.val_split in [0, 1]; None when nothing was pruned
+    reused: bool  # True when nothing was computed (finished run found, or a method that prunes nothing)
     index_map_uri: str | None  # index_map.json for structured methods, else None
 
 
@@ -148,7 +126,8 @@ def prune_key(spec: PruneSpec) -> str:
 
 def run_prune(spec: PruneSpec, store_uri: str, progress: Progress = no_progress) -> PruneResult:
     """Prune ``spec.weights`` by ``spec.method``, fine-tune, commit (or reuse a finished run)."""
-    if spec.method == "none":
+    pruner = get_pruner(spec.method)
+    if not pruner.prunes:
         return PruneResult(spec.weights, spec.base_key, 0.0, 0.0, None, True, None)
     t0 = time.time()
     key = prune_key(spec)
@@ -173,16 +152,12 @@ def run_prune(spec: PruneSpec, store_uri: str, progress: Progress = no_progress)
     model = copy.deepcopy(base).to(device)
     example = torch.zeros(1, 3, info.preprocess.crop, info.preprocess.crop, device=device)
     history: list[dict] = []
-    index_map = None
-    if spec.method == "norm":
-        norm_prune(model, spec.rate)
-    elif spec.method == "group":
-        if spec.sparse_epochs:
-            reg = sparsity_regularizer(model, example, spec.priority, [info.head], spec.sparse_reg)
-            history += _fit(model, spec, stream, device, spec.sparse_epochs, "sparse", progress, reg)
-        model, index_map = group_prune(model, spec.rate, example, spec.priority, protect=[info.head])
-    else:
-        index_map = _vulnerability(model, spec, info, example)
+
+    def train(m: nn.Module, epochs: int, phase: str, after_backward: Callable[[], None] | None) -> None:
+        history.extend(_fit(m, spec, stream, device, epochs, phase, progress, after_backward))
+
+    ctx = PruneContext(example, (info.head,), lambda layer: info.resolve_layer(layer, model), train)
+    model, index_map = pruner().prune(model, spec, ctx)
     history += _fit(model, spec, stream, device, spec.epochs, "fine-tune", progress)
     make_permanent(model)
     model = model.cpu().to(memory_format=torch.contiguous_format)
@@ -241,17 +216,6 @@ def _where() -> dict[str, Any]:
 
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     return {"pid": os.getpid(), "node": node}
-
-
-def _vulnerability(model: nn.Module, spec: PruneSpec, info, example: torch.Tensor) -> dict[str, list[int]]:
-    conv = conv_for(model, info.resolve_layer(spec.layer, model))
-    j = model.get_submodule(conv).out_channels
-    if len(spec.units) != round(spec.rate * j):
-        raise ValueError(
-            f"PruneSpec.rate={spec.rate!r} with {len(spec.units)} units: {spec.layer} ({conv}) has {j} units, "
-            f"so rate must be len(units) / {j} = {len(spec.units) / j:.6g}"
-        )
-    return vulnerability_prune(model, conv, spec.units, example)[1]
 
 
 def _fit(

@@ -118,6 +118,13 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
                    help="val split size (default: the dataset's manifest, the synth block, or ImageNet's 50,000)")  # fmt: skip
 
 
+def _add_list(sub: argparse._SubParsersAction) -> None:
+    li = sub.add_parser(
+        "list", help="registered plugins of one kind, one line each (attacks, pruners, metrics, models, ...)"
+    )
+    li.add_argument("kind", help="attacks | embedders | interpreters | metrics | models | pruners")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vizsweep", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -126,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(sub)
     _add_sweeps(sub)
     _add_plan(sub)
+    _add_list(sub)
     return ap
 
 
@@ -140,6 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_activations(args)
         if args.cmd == "validate":
             return _cmd_validate(args)
+        if args.cmd == "list":
+            from orchestrator.plugin_list import cmd_list
+
+            return cmd_list(args.kind)
         if args.cmd == "plan":
             from orchestrator.estimate import cmd_plan
 

@@ -45,6 +45,7 @@ from typing import Any
 
 from orchestrator.spec import REFERENCE_EMBEDDER, SweepSpec, load_spec
 from shared import store
+from shared.pruners import get_pruner
 
 # --- ASSUMED figures (docs/costs.md) ------------------------------------------------------
 
@@ -226,13 +227,9 @@ def dataset_sizes(
 
 
 def _variant_units(units: Mapping[str, int], p: Any) -> dict[str, int]:
-    """Units per layer after pruning ``p``: norm keeps them, group removes ~rate of each layer's,
-    vulnerability removes ``count`` from its layer."""
-    if p.method == "group":
-        return {k: max(1, round(v * (1 - p.rate))) for k, v in units.items()}
-    if p.method == "vulnerability":
-        return {k: max(1, v - p.count) if k == p.layer else v for k, v in units.items()}
-    return dict(units)
+    """Units per layer after pruning ``p`` (``Pruner.units_after``: norm keeps them, group removes
+    ~rate of each layer's, vulnerability removes ``count`` from its layer)."""
+    return get_pruner(p.method).units_after(units, p)
 
 
 def _stage(count: int, seconds: float = 0.0, nbytes: float = 0.0, detail: str = "") -> dict[str, Any]:
@@ -343,19 +340,19 @@ def estimate(
         "metrics_bytes": 0.0,
     }
     n_final = n_metrics = 0
-    vuln_runs: set[tuple[str, str]] = set()
+    ranking_runs: set[tuple[str, str, str]] = set()  # (model, layer, attack) ranking units for pruning
     methods: dict[str, int] = {}
     for model in models:
         for p in spec.pruning:
+            pruner = get_pruner(p.method)
             u = _variant_units(units[model], p)
-            if p.method != "none":
+            if pruner.prunes:
                 variants += 1
                 methods[p.method] = methods.get(p.method, 0) + 1
-                epochs = p.epochs + (p.sparse_epochs if p.method == "group" else 0)
-                prune_secs += streamed(model, epochs)
+                prune_secs += streamed(model, p.epochs + pruner.extra_epochs(p))
                 prune_bytes += 4 * param_count(model)
-                if p.method == "vulnerability":
-                    vuln_runs.add((model, p.layer))
+                if pruner.ranking_attack:
+                    ranking_runs.add((model, p.layer, pruner.ranking_attack))
             init_secs += fwd(model, n_train + n_val) + fwd(model, n_val)  # tables of θ0 + Acc(θ0) on V
             init_bytes += sum((n_train + n_val) * row_bytes(u[ly]) for ly in layers)
             for a in spec.attacks:
@@ -366,24 +363,28 @@ def estimate(
                     n_final += len(spec.seeds) * len(scope) * len(needed)
                     n_metrics += len(spec.seeds) * len(scope) * len(m.splits)
 
-    # vulnerability pruning ranks units by the CLIP-δ of a push-down run on the base model (plan.vulnerable_units)
+    # a pruner with a ranking attack (vulnerability: push-down) ranks units by the CLIP-δ of that
+    # attack's run on the base model (plan.vulnerable_units); the sweep's own unpruned trial serves
     shared_runs = extra_runs = 0
-    for model, layer in sorted(vuln_runs):
+    unpruned = any(not get_pruner(p.method).prunes for p in spec.pruning)
+    for model, layer, attack in sorted(ranking_runs):
         in_sweep = (
-            any(p.method == "none" for p in spec.pruning)
+            unpruned
             and layer in layers
-            and any(a.name == "push-down" and a.scope == "layer" for a in spec.attacks)
+            and any(a.name == attack and a.scope == "layer" for a in spec.attacks)
         )
         if in_sweep:
             shared_runs += 1
             continue
         extra_runs += 1
-        cost = trial_cost(model, "push-down", (layer,), units[model])
+        cost = trial_cost(model, attack, (layer,), units[model])
         prune_secs += cost["attack"] + cost["final"] + cost["metrics"]
         prune_bytes += cost["attack_bytes"] + cost["final_bytes"] + cost["metrics_bytes"]
     detail = ", ".join(f"{n} {k}" for k, n in methods.items()) or "no pruning"
-    if vuln_runs:
-        detail += f"; {len(vuln_runs)} push-down ranking run(s) for vulnerability pruning"
+    if ranking_runs:
+        attacks = ", ".join(sorted({a for _, _, a in ranking_runs}))
+        ranked = ", ".join(m for m in methods if get_pruner(m).ranking_attack)
+        detail += f"; {len(ranking_runs)} {attacks} ranking run(s) for {ranked} pruning"
         detail += " (= the unpruned push-down trial, shared)" if shared_runs and not extra_runs else ""
         detail += f" ({extra_runs} extra)" if extra_runs else ""
     stages["pruned_variants"] = _stage(int(variants), prune_secs, prune_bytes, detail)
@@ -451,9 +452,11 @@ def _crop(model: str) -> int:
 def _warnings(spec: SweepSpec, data: Mapping[str, Any], models: list[str]) -> list[str]:
 
     out = []
-    if any(p.method == "vulnerability" for p in spec.pruning):
+    ranked = sorted({p.method for p in spec.pruning if get_pruner(p.method).ranking_attack})
+    if ranked:
+        attacks = ", ".join(sorted({get_pruner(m).ranking_attack for m in ranked}))
         out.append(
-            "vulnerability pruning's push-down ranking run (one per model and layer) runs in the sweep "
+            f"{', '.join(ranked)} pruning's {attacks} ranking run (one per model and layer) runs in the sweep "
             "driver (orchestrator.plan.vulnerable_units), not in a GPU trial: on docs/cluster.md's cluster "
             "the driver is the CPU-only head node"
         )

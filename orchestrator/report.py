@@ -18,6 +18,7 @@ from typing import Any
 from mlflow.entities import Run
 
 from orchestrator.tracking import find_child_runs
+from shared.pruners import PRUNERS
 
 PARAM_KEYS = ("model", "prune_method", "prune_rate", "layer", "attack")
 METRIC_KEYS = ("clip_delta", "kendall_tau", "clip_w", "kendall_tau_w", "topk_overlap", "acc", "delta_acc")
@@ -69,11 +70,11 @@ def _sort_key(row: Mapping[str, Any]) -> tuple:
     )  # fmt: skip
 
 
-PRUNE_ORDER = ("none", "norm", "group", "vulnerability")  # the unpruned control first
-
-
 def _method_rank(method: Any) -> tuple[int, str]:
-    return (PRUNE_ORDER.index(method) if method in PRUNE_ORDER else len(PRUNE_ORDER), str(method or ""))
+    """Pruning methods in their declared display order (``Pruner.order``: the unpruned control
+    first); a method no longer registered after them."""
+    order = PRUNERS.get(method).order if isinstance(method, str) and method in PRUNERS else math.inf
+    return (order, str(method or ""))
 
 
 def sort_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -1,8 +1,8 @@
 """Figures 4.1–4.4 of the thesis: accuracy and CLIP-δ against the pruning rate, per method.
 
-One PNG per pruning method (norm, group per priority like the thesis's two OTO figures,
-vulnerability), two panels (Acc, CLIP-δ), one line per attack and layer; the unpruned model
-is the rate-0 point of every line.
+One PNG per table a registered pruner declares (``Pruner.tables``: norm, group per priority
+like the thesis's two OTO figures, vulnerability), two panels (Acc, CLIP-δ), one line per
+attack and layer; the unpruned model (a pruner that prunes nothing) is the rate-0 point of every line.
 """
 
 from __future__ import annotations
@@ -11,15 +11,11 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-PRUNED = ("norm", "group-weight", "group-filter", "vulnerability")
-X_LABEL = {"norm": "share of weights pruned", "group-weight": "target group sparsity",
-           "group-filter": "target group sparsity",
-           "vulnerability": "most vulnerable units removed"}  # fmt: skip
+from shared.pruners import get_pruner, pruner_names, report_tables, table_of
 
 
-def _method(row: Mapping[str, Any]) -> str | None:
-    method = row.get("prune_method")
-    return f"group-{row.get('prune_priority') or 'filter'}" if method == "group" else method
+def _table(row: Mapping[str, Any]) -> tuple[Any, str] | None:
+    return table_of(row.get("prune_method"), row.get("prune_priority"))
 
 
 def pruning_plots(rows: Sequence[Mapping[str, Any]], out_dir: str) -> list[str]:
@@ -30,10 +26,11 @@ def pruning_plots(rows: Sequence[Mapping[str, Any]], out_dir: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     os.makedirs(out_dir, exist_ok=True)
-    base = [r for r in rows if r.get("prune_method") in (None, "none")]
+    controls = {n for n in pruner_names() if not get_pruner(n).prunes}
+    base = [r for r in rows if r.get("prune_method") is None or r.get("prune_method") in controls]
     paths = []
-    for method in PRUNED:
-        mine = [r for r in rows if _method(r) == method]
+    for pruner, variant in report_tables():
+        mine = [r for r in rows if _table(r) == (pruner, variant)]
         if not mine:
             continue
         fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
@@ -47,15 +44,12 @@ def pruning_plots(rows: Sequence[Mapping[str, Any]], out_dir: str) -> list[str]:
                 ys = [r[key] for _, r in pts if r.get(key) is not None]
                 ax.plot(xs, ys, marker="o", label=f"{attack} {layer}")
         for ax, title in zip(axes, ("top-1 accuracy after the attack (%)", "CLIP-δ")):
-            ax.set_xlabel(X_LABEL[method])
+            ax.set_xlabel(pruner.tables[variant].x_label)
             ax.set_title(title)
             ax.grid(alpha=0.3)
         axes[1].legend(fontsize=8)
-        fig.suptitle(
-            f"{method.replace('-', ' pruning, ', 1) if '-' in method else method + ' pruning'}"
-            f"{' priority' if '-' in method else ''}, then attack"
-        )
-        path = os.path.join(out_dir, f"pruning_{method}.png")
+        fig.suptitle(f"{pruner.tables[variant].title}, then attack")
+        path = os.path.join(out_dir, f"pruning_{pruner.report_key(variant)}.png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)

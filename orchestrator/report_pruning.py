@@ -1,7 +1,7 @@
 """The thesis's pruning tables from a sweep's report rows.
 
-Two kinds, one of each per pruning method (group pruning: per priority, like the thesis's
-two OTO tables):
+Two kinds, one of each per table a registered pruner declares (``Pruner.tables``; group
+pruning: one per priority, like the thesis's two OTO tables), in the pruners' display order:
 
 - *pruned models* (Tables 4.1–4.4): one column per rate, rows filter pruning rate, weight
   pruning rate and fine-tuned accuracy — what pruning cost before any attack;
@@ -18,21 +18,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-METHODS = ("norm", "group", "vulnerability")
-# the thesis's caption for each method's pruned-model table, and the name of its rate
-TITLES = {"norm": ("Table 4.1", "norm pruning (global L1, unstructured)", "Weight pruning rate"),
-          ("group", "weight"): ("Table 4.2", "group-sparsity pruning, weight priority (Torch-Pruning)",
-                                "Target group sparsity"),
-          ("group", "filter"): ("Table 4.3", "group-sparsity pruning, filter priority (Torch-Pruning)",
-                                "Target group sparsity"),
-          "vulnerability": ("Table 4.4", "vulnerability pruning (highest push-down CLIP-δ)", "Filters pruned")}  # fmt: skip
-ATTACK_TABLES = {"vulnerability": "Table C", "norm": "Table D", ("group", "weight"): "Table E",
-                 ("group", "filter"): "Table F"}  # fmt: skip
+from shared.pruners import Pruner, report_tables, table_of
+
+Group = tuple[type[Pruner], str]  # a pruner and one of its table variants ("" when it has one)
 
 
-def _group(row: Mapping[str, Any]) -> Any:
-    method = row.get("prune_method")
-    return (method, row.get("prune_priority") or "filter") if method == "group" else method
+def _group(row: Mapping[str, Any]) -> Group | None:
+    return table_of(row.get("prune_method"), row.get("prune_priority"))
 
 
 def _pct(v: Any, signed: bool = False) -> str:
@@ -45,40 +37,37 @@ def _num(v: Any) -> str:
     return "—" if v is None else f"{v:.3f}"
 
 
-def _rate_label(method: str, rate: float | None) -> str:
-    if rate is None:
-        return "—"
-    return f"{rate:g}" if method == "vulnerability" else f"{100 * rate:g}%"
+def _rate_label(pruner: type[Pruner], rate: float | None) -> str:
+    return "—" if rate is None else pruner.format_rate(rate)
 
 
-def _groups(rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, str, list[Mapping[str, Any]]]]:
-    """(group, model, rows) for every pruned method present, in the thesis's order."""
-    order = ["norm", ("group", "weight"), ("group", "filter"), "vulnerability"]
+def _groups(rows: Sequence[Mapping[str, Any]]) -> list[tuple[Group, str, list[Mapping[str, Any]]]]:
+    """(group, model, rows) for every pruned table present, in the pruners' display order."""
     out = []
-    for g in order:
+    for g in report_tables():
         mine = [r for r in rows if _group(r) == g]
         for model in sorted({str(r.get("model")) for r in mine}):
             out.append((g, model, [r for r in mine if str(r.get("model")) == model]))
     return out
 
 
-def variant_table(group: Any, model: str, rows: Sequence[Mapping[str, Any]]) -> str:
+def variant_table(group: Group, model: str, rows: Sequence[Mapping[str, Any]]) -> str:
     """Tables 4.1–4.4: what pruning cost, one column per rate."""
-    number, caption, rate_name = TITLES[group]
-    method = group[0] if isinstance(group, tuple) else group
+    pruner, variant = group
+    t = pruner.tables[variant]
     by_rate: dict[float, Mapping[str, Any]] = {}
     for r in rows:
         if r.get("prune_rate") is not None:
             by_rate.setdefault(float(r["prune_rate"]), r)
     rates = sorted(by_rate)
-    head = [rate_name, *(_rate_label(method, x) for x in rates)]
+    head = [t.rate_name, *(_rate_label(pruner, x) for x in rates)]
 
     def line(name: str, key: str, scale: float) -> str:
         cells = [_pct(None if by_rate[x].get(key) is None else scale * by_rate[x][key]) for x in rates]
         return "| " + " | ".join([name, *cells]) + " |"
 
     return "\n".join([
-        f"**{number} analogue — {model}, {caption}: pruned and fine-tuned models**", "",
+        f"**{t.number} analogue — {model}, {t.caption}: pruned and fine-tuned models**", "",
         "| " + " | ".join(head) + " |", "|---|" + "---:|" * len(rates),
         line("Filter pruning rate", "filter_pruning_rate", 100.0),
         line("Weight pruning rate", "weight_pruning_rate", 100.0),
@@ -86,23 +75,22 @@ def variant_table(group: Any, model: str, rows: Sequence[Mapping[str, Any]]) -> 
     ]) + "\n"  # fmt: skip
 
 
-def attack_table(group: Any, model: str, rows: Sequence[Mapping[str, Any]]) -> str:
+def attack_table(group: Group, model: str, rows: Sequence[Mapping[str, Any]]) -> str:
     """Tables C–F: the attack metrics on each pruned model, attacks grouped, rates ascending."""
-    number = ATTACK_TABLES[group]
-    _, caption, rate_name = TITLES[group]
-    method = group[0] if isinstance(group, tuple) else group
+    pruner, variant = group
+    t = pruner.tables[variant]
     order = {"finetune": 0, "push-down": 1, "push-up": 2, "push-up-max": 3}
     ordered = sorted(rows, key=lambda r: (order.get(str(r.get("attack")), 3), str(r.get("attack")),
                                           str(r.get("layer")), r.get("prune_rate") or 0.0))  # fmt: skip
-    head = [rate_name, "Layer", "Attack", "CLIP-δ", "Kendall-τ", "CLIP-W", "Kτ-W", "Init Acc", "Final Acc",
+    head = [t.rate_name, "Layer", "Attack", "CLIP-δ", "Kendall-τ", "CLIP-W", "Kτ-W", "Init Acc", "Final Acc",
             "ΔAcc pp"]  # fmt: skip
     lines = [
-        f"**{number} analogue — {model}, {caption}: attack results**", "",
+        f"**{t.attack_number} analogue — {model}, {t.caption}: attack results**", "",
         "| " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * 7,
     ]  # fmt: skip
     for r in ordered:
         cells = [
-            _rate_label(method, r.get("prune_rate")), str(r.get("layer") or "—"), str(r.get("attack") or "—"),
+            _rate_label(pruner, r.get("prune_rate")), str(r.get("layer") or "—"), str(r.get("attack") or "—"),
             _num(r.get("clip_delta")), _num(r.get("kendall_tau")), _num(r.get("clip_w")),
             _num(r.get("kendall_tau_w")), _pct(r.get("acc_init")), _pct(r.get("acc")),
             _pct(r.get("delta_acc"), signed=True),

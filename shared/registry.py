@@ -55,3 +55,9 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def first_line(doc: str | None) -> str:
+    """A registered plugin's one-line description: its docstring's first paragraph on one line
+    (a summary wrapped over two source lines stays whole), or ""."""
+    return " ".join((doc or "").strip().split("\n\n", 1)[0].split())

@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 import jobs.prune as prune_job
-from jobs.prune import PruneSpec, load_pruned, run_prune
+from jobs.prune import PruneSpec, run_prune
 from shared import store
-from shared.models import read_checkpoint, save_checkpoint
+from shared.models import load_checkpoint, read_checkpoint, save_checkpoint
+from shared.models.surgery import apply_index_map
 from shared.models.zoo import build_model
-from shared.pruning import (
-    apply_index_map,
+from shared.pruners import (
     filter_sparsity,
     group_prune,
     make_permanent,
@@ -165,13 +165,13 @@ def test_vulnerability_prune_removes_exactly_the_given_units():
     assert filter_sparsity(model, pruned) == pytest.approx(4 / (48 + 96 + 128 + 128 + 64))
 
 
-def test_load_pruned_round_trip_gives_identical_outputs(tmp_path):
+def test_load_checkpoint_rebuilds_a_structured_model_with_identical_outputs(tmp_path):
     model, x = _model(), _x()
     pruned, index_map = group_prune(model, 0.5, x[:1], priority="filter")
     uri = save_checkpoint(pruned, "alexnet_mini", str(tmp_path / "m.pt"), {"index_map": index_map})
-    loaded = load_pruned(uri)
+    loaded, _ = load_checkpoint(uri)
     with torch.no_grad():
-        assert torch.equal(loaded(x), pruned.eval()(x))
+        assert torch.equal(loaded.eval()(x), pruned.eval()(x))
     with pytest.raises(ValueError, match=r"index_map\['features.0'\]"):
         apply_index_map(_model(), {"features.0": [3, 1]}, x[:1])
 
@@ -284,7 +284,7 @@ def test_run_prune_structured_stores_the_index_map_and_loads_back(tiny, tmp_path
     index_map = store.read_json(res.index_map_uri)
     assert list(index_map) == ["features.10"] and len(index_map["features.10"]) == 56
     assert res.filter_rate == pytest.approx(8 / 464)
-    model = load_pruned(res.model_uri)
+    model = load_checkpoint(res.model_uri)[0]
     assert model.features[10].out_channels == 56
     assert _val_accuracy(model, tiny[0]) == pytest.approx(res.acc)  # the stored model is the measured one
     with pytest.raises(ValueError, match=r"rate must be len\(units\) / 64"):
@@ -293,6 +293,6 @@ def test_run_prune_structured_stores_the_index_map_and_loads_back(tiny, tmp_path
 
 def test_run_prune_group_with_sparse_training(tiny, tmp_path):
     res = run_prune(_spec(tiny, method="group", rate=0.25, priority="weight", sparse_epochs=1), str(tmp_path))
-    model = load_pruned(res.model_uri)
+    model = load_checkpoint(res.model_uri)[0]
     assert model.classifier[1].out_features == 192 and model.classifier[6].out_features == 16
     assert res.filter_rate == 0.0 and 0.05 < res.weight_rate < 0.25

@@ -363,7 +363,7 @@ def test_pruned_variants_are_made_once_and_attacked_like_any_model(root):
     from orchestrator.plan import plan_trials
     from shared import store
     from shared.models.zoo import build_model
-    from shared.pruning import weight_sparsity
+    from shared.pruners import weight_sparsity
 
     pruning = [{"method": "none"}, {"method": "norm", "rate": 0.5}, {"method": "group", "rate": 0.25},
                {"method": "vulnerability", "count": 4, "layer": "conv5"}]  # fmt: skip

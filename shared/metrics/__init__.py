@@ -15,20 +15,26 @@ from shared.metrics.interp import (
     unit_metrics,
 )
 from shared.metrics.kendall import kendall_tau_b, kendall_tau_diag, kendall_tau_matrix
+from shared.metrics.registry import METRICS, MetricInfo, get_metric, metric_names, register_metric
 
 __all__ = [
+    "METRICS",
     "METRIC_COLUMNS",
+    "MetricInfo",
     "accuracy",
     "clip_delta",
     "clip_matrix",
     "clip_w",
     "delta_acc",
+    "get_metric",
     "kendall_per_unit",
     "kendall_tau_b",
     "kendall_tau_diag",
     "kendall_tau_matrix",
     "kendall_tau_w",
     "layer_means",
+    "metric_names",
+    "register_metric",
     "topk_indices",
     "topk_overlap",
     "unit_metrics",

@@ -75,4 +75,5 @@ class ResNetMini(nn.Module):
     notes="The reference encoder's embedding is the input of 'fc': the pooled layer3 output (128-d).",
 )
 def _resnet_mini(num_classes: int) -> nn.Module:
+    """A three-stage ResNet at 56 px: the offline reference encoder behind CLIP-δ without CLIP weights."""
     return ResNetMini(num_classes=num_classes)

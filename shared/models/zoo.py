@@ -24,7 +24,8 @@ from shared import store
 from shared.datasets import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from shared.models.alexnet_mini import AlexNetMini
 from shared.models.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
-from shared.registry import Registry
+from shared.models.surgery import rebuild
+from shared.registry import Registry, first_line
 
 IMAGENET = Preprocess(resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 MINI = Preprocess(resize=64, crop=56, mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -56,6 +57,7 @@ class ModelInfo:
     # it is needed, which saves ~2 s in every Ray actor that scores a small model.
     weights_enum_name: str | None = None
     notes: str = field(default="")  # why an alias points where it points, when not obvious
+    description: str = field(default="")  # one line for `vizsweep list models`
 
     @property
     def weights_enum(self) -> Any:
@@ -94,11 +96,14 @@ def register_model(
     head: str,
     weights_enum: str | None = None,
     notes: str = "",
+    description: str = "",
 ) -> Callable[[Callable[[int], nn.Module]], Callable[[int], nn.Module]]:
-    """Decorator: register ``builder(num_classes) -> nn.Module`` under ``name`` (duplicates raise)."""
+    """Decorator: register ``builder(num_classes) -> nn.Module`` under ``name`` (duplicates raise).
+    ``description`` (one line) defaults to the first line of the builder's docstring."""
 
     def deco(builder: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
-        info = ModelInfo(name, builder, dict(layers), preprocess, num_classes, head, weights_enum, notes)
+        info = ModelInfo(name, builder, dict(layers), preprocess, num_classes, head, weights_enum, notes,
+                         description or first_line(builder.__doc__))  # fmt: skip
         MODELS.register(name)(info)
         return builder
 
@@ -127,6 +132,7 @@ def _module_names(name: str) -> frozenset[str]:
 
 @register_model("alexnet_mini", layers=ALEXNET_LAYERS, preprocess=MINI, num_classes=16, head="classifier.6")
 def _alexnet_mini(num_classes: int) -> nn.Module:
+    """AlexNet's layout shrunk for 56 px crops: the fast CPU stand-in for AlexNet (same module paths)."""
     return AlexNetMini(num_classes=num_classes)
 
 
@@ -139,6 +145,7 @@ def _alexnet_mini(num_classes: int) -> nn.Module:
     weights_enum="AlexNet_Weights",
 )
 def _alexnet(num_classes: int) -> nn.Module:
+    """torchvision AlexNet at 224 px: the thesis's model (conv1…conv5 as in SCIENCE.md §1)."""
     import torchvision.models as tvm
 
     return tvm.alexnet(weights=None, num_classes=num_classes)
@@ -153,6 +160,7 @@ def _alexnet(num_classes: int) -> nn.Module:
     weights_enum="ResNet50_Weights",
 )
 def _resnet50(num_classes: int) -> nn.Module:
+    """torchvision ResNet-50 at 224 px."""
     import torchvision.models as tvm
 
     return tvm.resnet50(weights=None, num_classes=num_classes)
@@ -172,6 +180,7 @@ def _resnet50(num_classes: int) -> nn.Module:
     ),
 )
 def _efficientnet_b0(num_classes: int) -> nn.Module:
+    """torchvision EfficientNet-B0 at 224 px."""
     import torchvision.models as tvm
 
     return tvm.efficientnet_b0(weights=None, num_classes=num_classes)
@@ -186,6 +195,7 @@ def _efficientnet_b0(num_classes: int) -> nn.Module:
     weights_enum="ViT_B_32_Weights",
 )
 def _vit_b_32(num_classes: int) -> nn.Module:
+    """torchvision ViT-B/32 at 224 px."""
     import torchvision.models as tvm
 
     return tvm.vit_b_32(weights=None, num_classes=num_classes)
@@ -280,11 +290,8 @@ def _from_checkpoint(
     _check_classes(num_classes, n, f"checkpoint {uri}")
     model = info.builder(n)
     index_map = ckpt["meta"].get("index_map")
-    if index_map:  # a structured-pruned variant: rebuild its smaller shape, then load (shared.pruning)
-        from shared.pruning import apply_index_map
-
-        crop = info.preprocess.crop
-        apply_index_map(model, index_map, torch.zeros(1, 3, crop, crop))
+    if index_map:  # a structured-pruned variant: rebuild its smaller shape, then load strictly
+        rebuild(model, index_map, info.preprocess.crop)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
