@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from pydantic import ValidationError
 
 from orchestrator.cli import main
 from orchestrator.spec import (
-    AttackEntry,
     PruningSpec,
     SpecError,
     SweepSpec,
@@ -25,6 +25,7 @@ from orchestrator.spec import (
     validate_spec,
 )
 from shared.alpha import AlphaConfig
+from shared.attacks.featureviz import FeatureVizAttack
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "quickstart.yaml"
@@ -85,8 +86,16 @@ BAD = [
     ("scope-typo", {"attacks[0].scope": "layr"}, "attacks[0].scope", "did you mean 'layer'?"),
     ("unit-without-units", {"attacks[1].scope": "unit"}, "attacks[1].units", "needs units: [j, ...]"),
     ("units-without-unit", {"attacks[1].units": [3]}, "attacks[1].units", "set scope: unit or drop units"),
-    ("negative-unit", {"attacks[1].scope": "unit", "attacks[1].units": [-1]}, "attacks[1].units[0]", ">= 0"),
+    ("negative-unit", {"attacks[1].scope": "unit", "attacks[1].units": [-1]}, "attacks[1].units", ">= 0"),
     ("duplicate-attack", {"attacks[3]": {"name": "finetune"}}, "attacks[3]", "repeats attacks[0]"),
+    ("attack-key-typo", {"attacks[2].decoy_clas": 3}, "attacks[2].decoy_clas", "did you mean 'decoy_class'?"),
+    ("attack-k-zero", {"attacks[1].k": 0}, "attacks[1].k", "must be >= 1, got 0"),
+    ("attack-k-a-string", {"attacks[1].k": "ten"}, "attacks[1].k", "expected an integer, got the string 'ten'"),
+    ("attack-decoy-negative", {"attacks[2].decoy_class": -1}, "attacks[2].decoy_class", "must be >= 0"),
+    ("attack-scale", {"attacks[1].scale": "units"}, "attacks[1].scale", "did you mean 'unit'?"),
+    ("attack-no-name", {"attacks[1]": {"scope": "layer"}}, "attacks[1].name", "missing; it is required"),
+    ("attack-a-string", {"attacks[1]": "push-down"}, "attacks[1]", "write {name: push-down}"),
+    ("moved-training-key", {"training.k": 5}, "training.k", "set it on the attacks[i] entries"),
     ("dataset-missing", {"dataset.synth": DROP}, "dataset.uri", "add `synth: {}`"),
     ("synth-classes", {"dataset.synth.classes": 999}, "dataset.synth.classes", "must be between 1 and"),
     ("synth-splits", {"dataset.val_split": "test"}, "dataset.val_split", "splits 'train' and 'val'"),
@@ -239,7 +248,7 @@ def test_spec_is_frozen_hashable_and_round_trips_through_to_dict(workdir):
     as_dict = spec.to_dict()
     assert json.loads(json.dumps(as_dict)) == as_dict
     assert load_spec(as_dict) == spec and hash(load_spec(as_dict)) == hash(spec)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(ValidationError, match="frozen"):
         spec.name = "other"  # type: ignore[misc]
 
 
@@ -257,7 +266,7 @@ def test_a_minimal_spec_gets_the_documented_defaults(workdir):
     assert spec.pruning == (PruningSpec(),) and spec.seeds == (0,) and spec.max_failures == 2
     assert spec.alpha == AlphaConfig() and spec.training == TrainingSpec()
     assert spec.metrics.embedder == "reference" and spec.metrics.splits == ("train", "val")
-    assert spec.resources.gpus_per_trial == "auto" and spec.attacks == (AttackEntry(name="push-down"),)
+    assert spec.resources.gpus_per_trial == "auto" and spec.attacks == (FeatureVizAttack(name="push-down"),)
 
 
 def test_an_s3_store_keeps_mlflow_in_the_working_directory(workdir):
@@ -365,11 +374,9 @@ def test_spec_sections_feed_the_jobs_specs():
     from orchestrator.spec import MetricsSettings
 
     job_fields = {f.name for f in dataclasses.fields(AttackSpec)}
-    assert {f.name for f in dataclasses.fields(TrainingSpec)} <= job_fields
-    assert {f.name for f in dataclasses.fields(MetricsSettings)} <= {
-        f.name for f in dataclasses.fields(MetricsSpec)
-    }
-    assert {f.name for f in dataclasses.fields(SweepSpec)} >= {
+    assert set(TrainingSpec.model_fields) <= job_fields
+    assert set(MetricsSettings.model_fields) <= {f.name for f in dataclasses.fields(MetricsSpec)}
+    assert set(SweepSpec.model_fields) >= {
         "alpha",
         "seeds",
         "models",
