@@ -37,13 +37,31 @@ if TYPE_CHECKING:
         weights_kind,
     )
 
-_SCHEMA = (
-    "NAME_PATTERN PRETRAIN PRUNING_METHODS REFERENCE_EMBEDDER AttackEntry DatasetSpec MetricsSettings "
-    "ModelSpec PruningSpec ResourcesSpec SweepSpec SynthSpec TrainingSpec default_tracking_uri json_schema "
-    "spec_model weights_kind"
-).split()
-
-__all__ = ["MAX_DEPTH", "MAX_NODES", "SpecError", "load_spec", "validate_spec", *_SCHEMA]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_NODES",
+    "SpecError",
+    "load_spec",
+    "validate_spec",
+    "NAME_PATTERN",
+    "PRETRAIN",
+    "PRUNING_METHODS",
+    "REFERENCE_EMBEDDER",
+    "AttackEntry",
+    "DatasetSpec",
+    "MetricsSettings",
+    "ModelSpec",
+    "PruningSpec",
+    "ResourcesSpec",
+    "SweepSpec",
+    "SynthSpec",
+    "TrainingSpec",
+    "default_tracking_uri",
+    "json_schema",
+    "spec_model",
+    "weights_kind",
+]
+_SCHEMA = frozenset(__all__[5:])  # the names that live in schema.py, imported on first use
 
 
 def __getattr__(name: str) -> Any:

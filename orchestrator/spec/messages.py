@@ -159,7 +159,9 @@ class Messages:
         hint = f" ({desc})" if desc else ""
         if kind == "missing":
             return [(path, f"missing; it is required{hint}")]
-        if kind == "too_short" and raw:  # pydantic counts a list whose items failed as empty: already reported
+        if (
+            kind == "too_short" and raw
+        ):  # pydantic counts a list whose items failed as empty: already reported
             return []
         if kind in ("extra_forbidden", "unexpected_keyword_argument"):
             return [(path, self.unknown_key(owner, e["loc"][-1]))]
@@ -179,7 +181,11 @@ class Messages:
             want = _WORDS[kind]
             if raw is None:
                 return f"must not be null; expected {want}"
-            fix = f"; write [{cut(str(raw))}]" if want == "a list" and isinstance(raw, str | int | float) else ""
+            fix = (
+                f"; write [{cut(str(raw))}]"
+                if want == "a list" and isinstance(raw, str | int | float)
+                else ""
+            )
             return f"expected {want}, got {describe(raw)}{fix}"
         if kind in _MAPPING:
             keys = ", ".join(fields_of(tp)) if fields_of(tp) else "keys"

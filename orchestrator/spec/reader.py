@@ -61,7 +61,9 @@ def load_spec(source: str | os.PathLike | Mapping[str, Any], *, check_environmen
     label, data, node = read(source)
     lines, problems = line_index(node)
     if not isinstance(data, dict):
-        problems.append(("", f"a sweep spec is a mapping (name:, dataset:, models:, ...), got {msgs.describe(data)}"))
+        problems.append(
+            ("", f"a sweep spec is a mapping (name:, dataset:, models:, ...), got {msgs.describe(data)}")
+        )
         raise SpecError(label, [_where(p, m, lines) for p, m in problems])
     from pydantic import ValidationError
 
@@ -105,7 +107,9 @@ def read(source: str | os.PathLike | Mapping[str, Any]) -> tuple[str, Any, yaml.
     try:
         raw = store.read_bytes(label)
         if len(raw) > MAX_BYTES:
-            raise SpecError(label, [f"the file has {len(raw):,} bytes; a sweep spec has at most {MAX_BYTES:,}"])
+            raise SpecError(
+                label, [f"the file has {len(raw):,} bytes; a sweep spec has at most {MAX_BYTES:,}"]
+            )
         text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError, store.StoreError) as e:
         raise SpecError(label, [f"cannot read the spec: {e}"]) from None
@@ -120,7 +124,9 @@ def read(source: str | os.PathLike | Mapping[str, Any]) -> tuple[str, Any, yaml.
     except yaml.YAMLError as e:
         raise SpecError(label, [f"YAML error: {e}"]) from None
     except RecursionError:
-        raise SpecError(label, [f"YAML nested deeper than {MAX_DEPTH} levels (the spec reader's limit)"]) from None
+        raise SpecError(
+            label, [f"YAML nested deeper than {MAX_DEPTH} levels (the spec reader's limit)"]
+        ) from None
     except _TooLarge as e:
         raise SpecError(label, [str(e)]) from None
     finally:
@@ -164,7 +170,9 @@ def _measure(root: yaml.Node) -> None:
             active.discard(id(n))
             memo[id(n)] = (count, height)
         if depth + height > MAX_DEPTH:
-            raise _TooLarge(f"YAML nested deeper than {MAX_DEPTH} levels at line {line} (the spec reader's limit)")
+            raise _TooLarge(
+                f"YAML nested deeper than {MAX_DEPTH} levels at line {line} (the spec reader's limit)"
+            )
         return count, height
 
     visit(root, 0)
@@ -288,7 +296,9 @@ def _salvage(model: Any, data: dict, errors: list[dict[str, Any]]) -> dict[str, 
             if name in data:
                 parts[name] = check(tp, data[name])
             elif info.default is not PydanticUndefined:
-                parts[name] = TypeAdapter(tp).validate_python(info.default) if info.validate_default else info.default
+                parts[name] = (
+                    TypeAdapter(tp).validate_python(info.default) if info.validate_default else info.default
+                )
         elif get_origin(info.annotation) is tuple and isinstance(data.get(name), list):
             if all(len(loc) > 1 and isinstance(loc[1], int) for loc in bad[name]):
                 item = get_args(info.annotation)[0]

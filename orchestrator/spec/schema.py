@@ -16,8 +16,16 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
-from pydantic import field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator.spec.messages import Problems, Repeated, describe
 from shared import store
@@ -69,7 +77,7 @@ def _gpus(v: Any) -> Any:
 Float = Annotated[float, BeforeValidator(_number)]
 Text = Annotated[str, Field(min_length=1)]
 Uri = Annotated[str, Field(min_length=1), AfterValidator(_uri)]
-GpuCount = Annotated[Union[Annotated[float, Field(ge=0)], Literal["auto"]], BeforeValidator(_gpus)]
+GpuCount = Annotated[Annotated[float, Field(ge=0)] | Literal["auto"], BeforeValidator(_gpus)]
 
 
 class _FamilyUnion:
@@ -86,7 +94,9 @@ class _FamilyUnion:
 
 def _list(item: Any, unique: bool = True, **rules: Any) -> Any:
     """A YAML list of ``item``: not empty, each item once."""
-    return Annotated[tuple[item, ...], Field(min_length=1, **rules), *([AfterValidator(_unique)] if unique else [])]
+    return Annotated[
+        tuple[item, ...], Field(min_length=1, **rules), *([AfterValidator(_unique)] if unique else [])
+    ]
 
 
 class _Section(BaseModel):
@@ -133,7 +143,9 @@ class ModelSpec(_Section):
     """A base model: a registered name and where its weights come from (see :func:`weights_kind`)."""
 
     name: Text = Field(description="a registered model, e.g. alexnet_mini")
-    weights: Text = Field(description="'pretrain', torchvision weights (IMAGENET1K_V1) or a checkpoint path / URI")
+    weights: Text = Field(
+        description="'pretrain', torchvision weights (IMAGENET1K_V1) or a checkpoint path / URI"
+    )
 
     @field_validator("name")
     @classmethod
@@ -178,7 +190,9 @@ class PruningSpec(_Section):
         if self.method in ("norm", "group") and not self.rate > 0:
             raise ConfigProblem("rate", f"method {self.method!r} needs a rate in (0, 1), e.g. 0.5")
         if self.method == "vulnerability" and (self.count < 1 or self.rate):
-            raise ConfigProblem("count", "method 'vulnerability' needs count >= 1 (units to remove) and no rate")
+            raise ConfigProblem(
+                "count", "method 'vulnerability' needs count >= 1 (units to remove) and no rate"
+            )
         return self
 
 
@@ -200,7 +214,9 @@ Splits = _list(Text)
 class MetricsSettings(_Section):
     """The metrics stage; field names are those of ``jobs.metrics.MetricsSpec``."""
 
-    embedder: Text = REFERENCE_EMBEDDER  # reference (offline encoder) | open_clip:ViT-B-32:openai | reference:<ckpt>
+    embedder: Text = (
+        REFERENCE_EMBEDDER  # reference (offline encoder) | open_clip:ViT-B-32:openai | reference:<ckpt>
+    )
     k: int = Field(10, ge=1)  # size of the top-k sets compared before/after
     tau_images: int = Field(10_000, ge=1)  # |D_τ| for Kendall-τ
     splits: Splits | None = None  # reported splits; null: the dataset's two splits
