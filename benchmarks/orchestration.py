@@ -64,9 +64,7 @@ def overhead(root: str, quick: bool) -> dict:
             store.local_path(spec.store), stores[side], ignore=shutil.ignore_patterns("mlflow.db", "sweeps")
         )
 
-    from dataclasses import replace
-
-    (plan,) = plan_trials(replace(spec, store=stores["direct"]), prep)
+    (plan,) = plan_trials(spec.model_copy(update={"store": stores["direct"]}), prep)
     import torch
 
     threads = torch.get_num_threads()
@@ -76,7 +74,9 @@ def overhead(root: str, quick: bool) -> dict:
     direct = time.perf_counter() - t
     torch.set_num_threads(threads)
 
-    tspec = replace(spec, store=stores["tune"], tracking_uri=f"sqlite:///{root}/bench-mlflow.db")
+    tspec = spec.model_copy(
+        update={"store": stores["tune"], "tracking_uri": f"sqlite:///{root}/bench-mlflow.db"}
+    )
     (plan,) = plan_trials(tspec, prep)
     tracker = SweepTracker(tspec.tracking_uri, "bench")
     parent = tracker.parent("bench", {}, {})

@@ -103,6 +103,7 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--spec-only", action="store_true",
                    help="only the checks the file decides (for a cluster's spec checked on a laptop: "
                         "no dataset/weights lookups, no resource checks against this machine)")  # fmt: skip
+    sub.add_parser("schema", help="print the JSON Schema of a sweep spec (editors: docs/sweep.schema.json)")
 
 
 def _add_plan(sub: argparse._SubParsersAction) -> None:
@@ -152,6 +153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from orchestrator.plugin_list import cmd_list
 
             return cmd_list(args.kind)
+        if args.cmd == "schema":
+            from orchestrator.spec import json_schema
+
+            print(json.dumps(json_schema(), indent=2, ensure_ascii=False))
+            return 0
         if args.cmd == "plan":
             from orchestrator.estimate import cmd_plan
 

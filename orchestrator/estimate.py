@@ -45,6 +45,7 @@ from typing import Any
 
 from orchestrator.spec import REFERENCE_EMBEDDER, SweepSpec, load_spec
 from shared import store
+from shared.attacks import family_of
 from shared.pruners import get_pruner
 
 # --- ASSUMED figures (docs/costs.md) ------------------------------------------------------
@@ -79,7 +80,7 @@ METRICS_STAGE_BYTES = 1_000_000  # unit_metrics.parquet + before_after.png + man
 IMAGENET_SPLITS = {"train": 1_281_167, "val": 50_000}
 
 # Settings of the jobs that the sweep spec does not expose (tests check them against the jobs).
-EXTRA_PER_STEP = {"push-down": 64, "push-up": 32}  # AttackSpec.attack_batch_size / decoy_batch_size
+# (Images an attack forwards per step beside the batch come from its family: extra_images_per_step.)
 KEEP_CHECKPOINTS = 2  # AttackSpec.keep_checkpoints: step folders left in the store, model + Adam state each
 CACHE_MB = 2048  # AttackSpec.cache_mb: a decoded train split this small is decoded once, not per epoch
 PRETRAIN_EPOCHS = 16  # PretrainSpec.epochs ("weights: pretrain")
@@ -297,16 +298,17 @@ def estimate(
     # trials: per attack, and the cost of one (model, variant, attack, layer scope)
     per_attack: dict[str, int] = {}
     for a in spec.attacks:
-        n = len(spec.models) * len(spec.pruning) * len(spec.seeds) * len(a.layer_groups(layers))
+        n = len(spec.models) * len(spec.pruning) * len(spec.seeds) * len(family_of(a.name).scopes(a, layers))
         per_attack[a.name] = per_attack.get(a.name, 0) + n
     per_epoch = math.ceil(n_train / t.batch_size)
     steps = t.max_steps or t.epochs * per_epoch
     evals = max(1, round(steps * t.evals_per_epoch / per_epoch)) + 1  # + the accuracy of θ0
     eval_n = min(t.eval_images, n_val)
 
-    def attack_seconds(model: str, attack: str) -> float:
+    def attack_seconds(model: str, entry: Any) -> float:
         c = cost_of(model)
-        gpu = t.batch_size / c.forward + (t.batch_size + EXTRA_PER_STEP.get(attack, 0)) / c.train
+        extra = family_of(entry.name).extra_images_per_step(entry)
+        gpu = t.batch_size / c.forward + (t.batch_size + extra) / c.train
         crop = _crop(model)
         cached = n_train * 3 * crop * crop * 4 <= CACHE_MB * 2**20  # float32 pixels, as TrainStream
         step = gpu if cached else max(gpu, t.batch_size / decode)
@@ -315,12 +317,12 @@ def estimate(
     needed = tuple(dict.fromkeys((*m.splits, spec.dataset.val_split)))
     embed_rate = EMBED_RATE.get(m.embedder.partition(":")[0], EMBED_RATE["open_clip"])
 
-    def trial_cost(model: str, attack: str, scope: tuple[str, ...], u: Mapping[str, int]) -> dict[str, float]:
+    def trial_cost(model: str, entry: Any, scope: tuple[str, ...], u: Mapping[str, int]) -> dict[str, float]:
         final = sum(fwd(model, sizes[s]) for s in needed) + fwd(model, n_val)  # tables + final Acc on V
         embed = sum(min(sizes[s], 2 * m.k * sum(u[ly] for ly in scope)) for s in m.splits) / embed_rate
         p = param_count(model)
         return {
-            "attack": attack_seconds(model, attack),
+            "attack": attack_seconds(model, entry),
             "final": final,
             "metrics": embed,
             "attack_bytes": 4 * p + KEEP_CHECKPOINTS * 12 * p,  # model.pt + step folders (model + Adam m, v)
@@ -356,28 +358,31 @@ def estimate(
             init_secs += fwd(model, n_train + n_val) + fwd(model, n_val)  # tables of θ0 + Acc(θ0) on V
             init_bytes += sum((n_train + n_val) * row_bytes(u[ly]) for ly in layers)
             for a in spec.attacks:
-                for scope in a.layer_groups(layers):
-                    cost = trial_cost(model, a.name, scope, u)
+                for scope in family_of(a.name).scopes(a, layers):
+                    cost = trial_cost(model, a, scope, u)
                     for k in acc:
                         acc[k] += cost[k] * len(spec.seeds)
                     n_final += len(spec.seeds) * len(scope) * len(needed)
                     n_metrics += len(spec.seeds) * len(scope) * len(m.splits)
 
     # a pruner with a ranking attack (vulnerability: push-down) ranks units by the CLIP-δ of that
-    # attack's run on the base model (plan.vulnerable_units); the sweep's own unpruned trial serves
+    # attack's run on the base model (phases.variants.ranked_units); the sweep's own unpruned trial serves
     shared_runs = extra_runs = 0
     unpruned = any(not get_pruner(p.method).prunes for p in spec.pruning)
     for model, layer, attack in sorted(ranking_runs):
+        ranking = next((a for a in spec.attacks if a.name == attack), None)
         in_sweep = (
             unpruned
             and layer in layers
-            and any(a.name == attack and a.scope == "layer" for a in spec.attacks)
+            and ranking is not None
+            and (layer,) in family_of(ranking.name).scopes(ranking, layers)
         )
         if in_sweep:
             shared_runs += 1
             continue
         extra_runs += 1
-        cost = trial_cost(model, attack, (layer,), units[model])
+        entry = ranking or family_of(attack).config(name=attack)
+        cost = trial_cost(model, entry, (layer,), units[model])
         prune_secs += cost["attack"] + cost["final"] + cost["metrics"]
         prune_bytes += cost["attack_bytes"] + cost["final_bytes"] + cost["metrics_bytes"]
     detail = ", ".join(f"{n} {k}" for k, n in methods.items()) or "no pruning"
@@ -457,7 +462,7 @@ def _warnings(spec: SweepSpec, data: Mapping[str, Any], models: list[str]) -> li
         attacks = ", ".join(sorted({get_pruner(m).ranking_attack for m in ranked}))
         out.append(
             f"{', '.join(ranked)} pruning's {attacks} ranking run (one per model and layer) runs in the sweep "
-            "driver (orchestrator.plan.vulnerable_units), not in a GPU trial: on docs/cluster.md's cluster "
+            "driver (orchestrator.phases.variants.ranked_units), not in a GPU trial: on docs/cluster.md's cluster "
             "the driver is the CPU-only head node"
         )
     if spec.resources.gpus_per_trial == "auto" and store.local_path(spec.store) is None:

@@ -45,8 +45,9 @@ def test_paper_sweeps_load(path):
     assert spec.tracking_uri == "http://HEAD-PRIVATE-IP:5000"
     assert [(m.name, m.weights) for m in spec.models] == [("alexnet", "IMAGENET1K_V1")]
     t = spec.training  # SCIENCE.md §2 thesis defaults
-    assert (t.lr, t.batch_size, t.epochs, t.evals_per_epoch, t.k) == (1e-5, 256, 5, 10, 10)
-    assert (t.decoy_class, t.decoy_images) == (1, 100)
+    assert (t.lr, t.batch_size, t.epochs, t.evals_per_epoch) == (1e-5, 256, 5, 10)
+    for a in spec.attacks:  # the family's defaults are the thesis's
+        assert (a.k, a.scale, a.decoy_class, a.decoy_images) == (10, "unit", 1, 100)
     assert (spec.alpha.alpha0, spec.alpha.alpha_max, spec.alpha.max_drop_pp) == (0.1, 0.95, 0.5)
     m = spec.metrics
     assert (m.embedder, m.k, m.tau_images) == ("open_clip:ViT-B-32:openai", 10, 10_000)
@@ -184,7 +185,6 @@ def test_job_constants_match_the_jobs():
     from jobs.reference_encoder import REFERENCE_MODEL, REFERENCE_TRAINING
 
     f = {x.name: x.default for x in dataclasses.fields(AttackSpec)}
-    assert estimate.EXTRA_PER_STEP == {"push-down": f["attack_batch_size"], "push-up": f["decoy_batch_size"]}
     assert (estimate.KEEP_CHECKPOINTS, estimate.CACHE_MB) == (f["keep_checkpoints"], f["cache_mb"])
     assert estimate.PRETRAIN_EPOCHS == PretrainSpec.__dataclass_fields__["epochs"].default
     assert (estimate.REFERENCE_MODEL, estimate.REFERENCE_EPOCHS) == (
@@ -212,3 +212,14 @@ def test_paper_sweeps_validate_with_file_checks_on_a_laptop(name, capsys):
 
     assert main(["validate", "--spec-only", str(ROOT / "sweeps" / f"{name}.yaml")]) == 0
     assert capsys.readouterr().out.startswith("ok (file checks only): ")
+
+
+def test_plan_costs_an_attack_by_its_family():
+    """The images a step forwards beside the batch come from the entry's family (extra_images_per_step)."""
+    base = load_spec(PAPER).to_dict()
+    bigger = {**base, "attacks": [{"name": "push-down", "attack_batch_size": 1024}]}
+
+    def hours(doc):
+        return estimate.estimate(load_spec(doc))["stages"]["attack_trials"]["gpu_hours"]
+
+    assert hours(bigger) > hours(base)

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from pydantic import ValidationError
 
 from orchestrator.cli import main
 from orchestrator.spec import (
-    AttackEntry,
     PruningSpec,
     SpecError,
     SweepSpec,
@@ -25,6 +25,7 @@ from orchestrator.spec import (
     validate_spec,
 )
 from shared.alpha import AlphaConfig
+from shared.attacks.featureviz import FeatureVizAttack
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "quickstart.yaml"
@@ -85,8 +86,21 @@ BAD = [
     ("scope-typo", {"attacks[0].scope": "layr"}, "attacks[0].scope", "did you mean 'layer'?"),
     ("unit-without-units", {"attacks[1].scope": "unit"}, "attacks[1].units", "needs units: [j, ...]"),
     ("units-without-unit", {"attacks[1].units": [3]}, "attacks[1].units", "set scope: unit or drop units"),
-    ("negative-unit", {"attacks[1].scope": "unit", "attacks[1].units": [-1]}, "attacks[1].units[0]", ">= 0"),
+    ("negative-unit", {"attacks[1].scope": "unit", "attacks[1].units": [-1]}, "attacks[1].units", ">= 0"),
     ("duplicate-attack", {"attacks[3]": {"name": "finetune"}}, "attacks[3]", "repeats attacks[0]"),
+    ("attack-key-typo", {"attacks[2].decoy_clas": 3}, "attacks[2].decoy_clas", "did you mean 'decoy_class'?"),
+    ("attack-k-zero", {"attacks[1].k": 0}, "attacks[1].k", "must be >= 1, got 0"),
+    (
+        "attack-k-a-string",
+        {"attacks[1].k": "ten"},
+        "attacks[1].k",
+        "expected an integer, got the string 'ten'",
+    ),
+    ("attack-decoy-negative", {"attacks[2].decoy_class": -1}, "attacks[2].decoy_class", "must be >= 0"),
+    ("attack-scale", {"attacks[1].scale": "units"}, "attacks[1].scale", "did you mean 'unit'?"),
+    ("attack-no-name", {"attacks[1]": {"scope": "layer"}}, "attacks[1].name", "missing; it is required"),
+    ("attack-a-string", {"attacks[1]": "push-down"}, "attacks[1]", "write {name: push-down}"),
+    ("moved-training-key", {"training.k": 5}, "training.k", "set it on the attacks[i] entries"),
     ("dataset-missing", {"dataset.synth": DROP}, "dataset.uri", "add `synth: {}`"),
     ("synth-classes", {"dataset.synth.classes": 999}, "dataset.synth.classes", "must be between 1 and"),
     ("synth-splits", {"dataset.val_split": "test"}, "dataset.val_split", "splits 'train' and 'val'"),
@@ -239,7 +253,7 @@ def test_spec_is_frozen_hashable_and_round_trips_through_to_dict(workdir):
     as_dict = spec.to_dict()
     assert json.loads(json.dumps(as_dict)) == as_dict
     assert load_spec(as_dict) == spec and hash(load_spec(as_dict)) == hash(spec)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(ValidationError, match="frozen"):
         spec.name = "other"  # type: ignore[misc]
 
 
@@ -257,7 +271,7 @@ def test_a_minimal_spec_gets_the_documented_defaults(workdir):
     assert spec.pruning == (PruningSpec(),) and spec.seeds == (0,) and spec.max_failures == 2
     assert spec.alpha == AlphaConfig() and spec.training == TrainingSpec()
     assert spec.metrics.embedder == "reference" and spec.metrics.splits == ("train", "val")
-    assert spec.resources.gpus_per_trial == "auto" and spec.attacks == (AttackEntry(name="push-down"),)
+    assert spec.resources.gpus_per_trial == "auto" and spec.attacks == (FeatureVizAttack(name="push-down"),)
 
 
 def test_an_s3_store_keeps_mlflow_in_the_working_directory(workdir):
@@ -365,14 +379,156 @@ def test_spec_sections_feed_the_jobs_specs():
     from orchestrator.spec import MetricsSettings
 
     job_fields = {f.name for f in dataclasses.fields(AttackSpec)}
-    assert {f.name for f in dataclasses.fields(TrainingSpec)} <= job_fields
-    assert {f.name for f in dataclasses.fields(MetricsSettings)} <= {
-        f.name for f in dataclasses.fields(MetricsSpec)
-    }
-    assert {f.name for f in dataclasses.fields(SweepSpec)} >= {
+    assert set(TrainingSpec.model_fields) <= job_fields
+    assert set(MetricsSettings.model_fields) <= {f.name for f in dataclasses.fields(MetricsSpec)}
+    assert set(SweepSpec.model_fields) >= {
         "alpha",
         "seeds",
         "models",
         "layers",
         "attacks",
     }
+
+
+# --- attack entries belong to their family --------------------------------------------------------
+
+
+@pytest.fixture
+def probe_family(monkeypatch):
+    """A second attack family, registered for one test only (the registry is restored afterwards)."""
+    from typing import Literal
+
+    from pydantic import Field
+
+    from shared.attacks import FAMILIES, AttackConfig, AttackFamily, register_family
+
+    class ProbeAttack(AttackConfig):
+        name: Literal["probe-up"]
+        images: int = Field(8, ge=1)  # random images pushed up
+
+    class Probe(AttackFamily):
+        name = "probe"
+        config = ProbeAttack
+        attacks = ("probe-up",)
+
+        @classmethod
+        def scopes(cls, entry, layers):
+            return (tuple(layers),)  # all layers in one trial
+
+    monkeypatch.setattr(FAMILIES, "_items", dict(FAMILIES._items))
+    register_family(Probe)
+    return Probe
+
+
+def test_attack_entries_are_validated_by_their_family(workdir, probe_family):
+    spec = load_spec(edited({"attacks[3]": {"name": "probe-up", "images": 3}}))
+    assert spec.attacks[3] == probe_family.config(name="probe-up", images=3)
+    assert spec.trial_count() == 3 * 2 + 1  # the family decides how an entry expands over the layers
+    doc = edited(
+        {"attacks[2].images": 5, "attacks[3]": {"name": "probe-up", "k": 3}, "attacks[1].name": "pushdown"}
+    )
+    with pytest.raises(SpecError) as err:
+        load_spec(doc)
+    msg = str(err.value)
+    assert problem_lines(
+        msg, "attacks[2].images", "of family 'probe' (attacks: probe-up), not of family 'featureviz'"
+    )
+    assert problem_lines(msg, "attacks[3].k", "a setting of family 'featureviz'")
+    assert problem_lines(
+        msg, "attacks[1].name", "valid attacks: finetune, push-down, push-up, push-up-pairwise, probe-up"
+    )
+
+
+def test_the_committed_json_schema_is_the_commands_output(capsys):
+    assert main(["schema"]) == 0
+    out = capsys.readouterr().out
+    assert (ROOT / "docs" / "sweep.schema.json").read_text() == out, (
+        "run: vizsweep schema > docs/sweep.schema.json"
+    )
+    schema = json.loads(out)
+    attack = schema["properties"]["attacks"]["items"]
+    assert (
+        attack["discriminator"]["propertyName"] == "name" and "push-up" in attack["discriminator"]["mapping"]
+    )
+    for path in [*ROOT.glob("examples/*.yaml"), *ROOT.glob("sweeps/*.yaml")]:
+        assert path.read_text().startswith("# yaml-language-server: $schema=../docs/sweep.schema.json\n"), (
+            path
+        )
+
+
+# --- YAML read safely ---------------------------------------------------------------------------
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    lines = ["name: bomb", "a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_fast_in_bounded_memory(workdir):
+    import time
+    import tracemalloc
+
+    path = write_case(workdir, alias_bomb())
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    seconds, (_, peak) = time.perf_counter() - t0, tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert seconds < 5 and peak < 50 * 2**20, (seconds, peak)
+    assert "more than 100,000 nodes once its aliases (*name) are expanded" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name: x\nloop: &a [1, *a]\n", "recursive alias: the node at line 2 contains an alias of itself"),
+        ("name: x\ndeep: " + "[" * 60 + "]" * 60 + "\n", "nested deeper than 50 levels"),
+        ("name: x\ndeeper: " + "[" * 5000 + "]" * 5000 + "\n", "nested deeper than 50 levels"),
+        (
+            "name: x\nd: &d "
+            + "[" * 30
+            + "]" * 30
+            + "\ne: [[[[[[[[[[[[[[[[[[[[[[[[[*d]]]]]]]]]]]]]]]]]]]]]]]]]\n",
+            "deeper",
+        ),
+    ],
+    ids=["recursive-alias", "too-deep", "far-too-deep", "deep-through-an-alias"],
+)
+def test_hostile_yaml_is_refused_with_the_limit_named(workdir, text, message):
+    with pytest.raises(SpecError) as err:
+        load_spec(write_case(workdir, text))
+    assert len(err.value.problems) == 1 and message in err.value.problems[0], err.value
+
+
+def test_aliases_within_the_limits_still_work_and_keep_lines(workdir):
+    text = EXAMPLE.read_text().replace(
+        "  - name: push-down              #", "  - &pd\n    name: push-down     #"
+    )
+    text += "extra: *pd\n"
+    with pytest.raises(SpecError) as err:
+        load_spec(write_case(workdir, text))
+    assert [p.split(":")[0] for p in err.value.problems] == [f"extra (line {text.count(chr(10))})"]
+
+
+def test_validate_answers_a_syntax_error_without_torch_or_ray(workdir):
+    bad = write_case(workdir, "name: x\nlayers: [conv3\n")
+    script = (
+        "import sys, time; t = time.perf_counter(); from orchestrator.cli import main; "
+        f"code = main(['validate', {str(bad)!r}]); "
+        "print('result', code, [m for m in ('torch', 'ray', 'pydantic') if m in sys.modules], time.perf_counter() - t)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=workdir, capture_output=True, text=True, timeout=300, env=_env()
+    )
+    code, modules = proc.stdout.split()[1], proc.stdout.split("[")[1].split("]")[0]
+    assert code == "2" and "torch" not in modules and "ray" not in modules, proc.stdout + proc.stderr
+    assert "YAML syntax error at line 3" in proc.stderr
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -35,8 +35,10 @@ NO_BUDGET = {"max_drop_pp": 100.0}
 def tiny_spec(root: Path, name: str, **over) -> dict:
     """A sweep that runs in about a minute on 2 cores (tiny synthetic set, a few steps per trial)."""
     training = {"lr": 3e-4, "batch_size": 32, "epochs": 1, "max_steps": 6, "evals_per_epoch": 4,
-                "eval_images": 64, "k": 5, "decoy_images": 10}  # fmt: skip
+                "eval_images": 64}  # fmt: skip
     training.update(over.pop("training", {}))
+    attacks = over.pop("attacks", [{"name": "finetune"}, {"name": "push-down"}])
+    over["attacks"] = [{"k": 5, "decoy_images": 10, **a} for a in attacks]  # the family's settings, small
     spec = {
         "name": name,
         "store": str(root / "store"),

@@ -1,0 +1,73 @@
+"""What this machine decides about a spec: paths exist, resources are possible (``vizsweep validate``).
+
+These run on whatever sections parsed, so a bad section does not hide the others' problems.
+torch is imported only by the resource check that asks it for the GPU count.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from orchestrator.spec.schema import REFERENCE_EMBEDDER, DatasetSpec, MetricsSettings, ResourcesSpec
+from shared import store
+from shared.datasets import DatasetError, list_shards
+
+
+def environment_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Filesystem and machine checks on the parsed sections (None: a failed section or item)."""
+    out: list[tuple[str, str]] = []
+    ds, models, metrics, res = v.get("dataset"), v.get("models"), v.get("metrics"), v.get("resources")
+    if isinstance(ds, DatasetSpec) and ds.synth is None:
+        out += _dataset_problems(ds)
+    for i, m in enumerate(models if isinstance(models, tuple) else ()):
+        why = _missing(m.weights) if m is not None and m.weights_kind == "checkpoint" else None
+        if why:
+            msg = f"{why}; give an existing checkpoint, 'pretrain' or torchvision weights"
+            out.append((f"models[{i}].weights", msg))
+    if isinstance(metrics, MetricsSettings) and metrics.embedder.startswith(f"{REFERENCE_EMBEDDER}:"):
+        why = _missing(metrics.embedder.partition(":")[2])
+        if why:
+            msg = "; give an existing checkpoint, or plain 'reference' to let the launcher train one"
+            out.append(("metrics.embedder", f"reference encoder {why}{msg}"))
+    if isinstance(res, ResourcesSpec) and v.get("ray_address") is None and not os.environ.get("RAY_ADDRESS"):
+        out += _resource_problems(res)
+    return out
+
+
+def _missing(uri: str) -> str | None:
+    try:
+        return None if store.exists(uri) else f"{store.normalize(uri)} does not exist"
+    except (OSError, store.StoreError) as e:
+        return f"cannot check {uri}: {e}"
+
+
+def _dataset_problems(ds: DatasetSpec) -> list[tuple[str, str]]:
+    why = _missing(ds.uri)
+    if why:
+        return [("dataset.uri", f"{why}; point uri at a dataset, or add `synth: {{}}` to generate one there")]
+    out = []
+    for attr in ("train_split", "val_split"):
+        try:
+            list_shards(ds.uri, getattr(ds, attr))
+        except (DatasetError, OSError, store.StoreError) as e:
+            out.append((f"dataset.{attr}", str(e)))
+    return out
+
+
+def _resource_problems(res: ResourcesSpec) -> list[tuple[str, str]]:
+    """Ray would leave a trial that asks for more than a local node has PENDING forever: say so now."""
+    import torch
+
+    out = []
+    gpus, cpus = torch.cuda.device_count(), os.cpu_count() or 1
+    local = "ray_address is null, so Ray runs on this machine"
+    if res.gpus_per_trial != "auto" and res.gpus_per_trial > gpus:
+        msg = f"impossible resources: a trial asks for {res.gpus_per_trial:g} GPU(s), {gpus} visible "
+        fix = "use gpus_per_trial: auto (1 with a GPU, else 0) or 0, or a ray_address of a GPU cluster"
+        out.append(("resources.gpus_per_trial", f"{msg}(torch.cuda.device_count()) and {local}; {fix}"))
+    if res.cpus_per_trial > cpus:
+        msg = f"impossible resources: a trial asks for {res.cpus_per_trial:g} CPUs, this machine has {cpus}"
+        out.append(("resources.cpus_per_trial", f"{msg} and {local}; use at most {cpus} or set ray_address"))
+    return out
