@@ -55,13 +55,19 @@ class TrialPlan:
     alpha_controlled: bool  # False for the control rows (α fixed)
     family: str = ""
     variant: dict[str, Any] = field(default_factory=dict)
+    plugins: tuple[str, ...] = ()  # modules a worker imports first (the spec's out-of-tree plugins)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrialPlan:
-        return cls(**d)
+        """Read back a plan; its plugin modules are imported first, so its family is registered."""
+        import importlib
+
+        for module in d.get("plugins", ()):
+            importlib.import_module(module)
+        return cls(**{**d, "plugins": tuple(d.get("plugins", ()))})
 
     def trial_job(self) -> TrialJob:
         return TrialJob.from_dict(self.job)
@@ -117,7 +123,7 @@ def plan_trial(
     return TrialPlan(
         trial_key=trial_key, run_name=run_name, job=job.to_dict(), attack_key=akey, params=params,
         alpha=_plain(spec.alpha), alpha_controlled=fam.alpha_controlled(entry), family=fam.name,
-        variant=asdict(v),
+        variant=asdict(v), plugins=tuple(getattr(spec, "plugins", ())),
     )  # fmt: skip
 
 

@@ -70,6 +70,7 @@ def load_spec(source: str | os.PathLike | Mapping[str, Any], *, check_environmen
     import orchestrator.spec.checks as checks
     import orchestrator.spec.schema as schema
 
+    _extend(problems, import_plugins(data.get("plugins")))  # before the union of attack configs is built
     model = schema.spec_model()
     spec = None
     try:
@@ -85,6 +86,21 @@ def load_spec(source: str | os.PathLike | Mapping[str, Any], *, check_environmen
     if problems:
         raise SpecError(label, [_where(p, m, lines) for p, m in problems])
     return spec
+
+
+def import_plugins(modules: Any) -> list[tuple[str, str]]:
+    """Import the spec's plugin modules (their registrations run); problems for the ones that fail."""
+    import importlib
+
+    out: list[tuple[str, str]] = []
+    for i, name in enumerate(modules if isinstance(modules, list) else []):
+        if not isinstance(name, str):
+            continue  # the schema reports the type
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # any failure of a user's module is a problem with the spec
+            out.append((f"plugins[{i}]", f"cannot import {name!r}: {type(e).__name__}: {e}"))
+    return out
 
 
 def validate_spec(spec: Any) -> None:
