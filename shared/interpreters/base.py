@@ -139,7 +139,13 @@ class Interpreter:
         path. ``size``: upsample bilinearly to this input size (e.g. ``x.shape[-1]``).
         """
         path = resolve_target(model, model_name, layer)
-        raw, logits = self.raw_map(model, path, x, as_target(target, len(x), x.device))
+        try:
+            with torch.enable_grad():  # a gradient is part of the map, even inside an evaluation's no_grad
+                raw, logits = self.raw_map(model, path, x, as_target(target, len(x), x.device))
+        except LayerError as e:  # name the registered model, not just its class
+            if model_name is None:
+                raise
+            raise type(e)(f"model {model_name!r}, layer {path!r}: {e}") from e
         h = NORMALISERS[self.normalise](raw)
         return Explanation(upsample(h, size) if size is not None else h, logits)
 
