@@ -73,16 +73,18 @@ def test_gradcam_matches_captum(layer):
     h = get_interpreter("gradcam")().heatmap(model, None, x, TARGET, layer=layer)
     _close(h, max_normalise(ref[:, 0]))
     peak = h.flatten(1).amax(1)
-    assert torch.allclose(peak[raw.flatten(1).amax(1) > 0], torch.ones(1, dtype=h.dtype))  # all-zero maps stay 0
+    assert torch.allclose(
+        peak[raw.flatten(1).amax(1) > 0], torch.ones(1, dtype=h.dtype)
+    )  # all-zero maps stay 0
 
 
 def test_simplegrad_matches_captum_layer_gradient():
     model = _vgg_mini()
     x = torch.randn(*X_SHAPE, dtype=torch.float64)
     raw, _ = get_interpreter("simplegrad")().raw_map(model, "features.11", x, TARGET)
-    grad = captum_attr.LayerGradientXActivation(model, model.features[11], multiply_by_inputs=False).attribute(
-        x, target=TARGET
-    )
+    grad = captum_attr.LayerGradientXActivation(
+        model, model.features[11], multiply_by_inputs=False
+    ).attribute(x, target=TARGET)
     _close(raw, torch.relu(grad.sum(1)))
     h = get_interpreter("simplegrad")().heatmap(model, "vgg_mini", x, TARGET)
     _close(h, minmax_normalise(torch.relu(grad.sum(1))))
@@ -122,7 +124,9 @@ def test_lrp_matches_captum_composite(layer):
     _close(raw, torch.relu(rel.sum(1)))
     h = get_interpreter("lrp")().heatmap(model, None, x, TARGET, layer=layer)
     _close(h, minmax_normalise(torch.relu(rel.sum(1))))
-    for p, q in zip(model.parameters(), twin.parameters()):  # captum restores its edited weights; we never edit
+    for p, q in zip(
+        model.parameters(), twin.parameters()
+    ):  # captum restores its edited weights; we never edit
         assert torch.equal(p, q)
 
 
@@ -149,12 +153,16 @@ def _tiny() -> nn.Module:
 
 
 def _loss(name: str, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    h = get_interpreter(name)().heatmap(model, None, x, torch.tensor([0, 2]), layer="features.11", size=x.shape[-1])
+    h = get_interpreter(name)().heatmap(
+        model, None, x, torch.tensor([0, 2]), layer="features.11", size=x.shape[-1]
+    )
     return location_loss(h).mean()
 
 
 def _weights_below_target(model: nn.Module) -> dict[str, nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if n.startswith("features.") and int(n.split(".")[1]) <= 11}
+    return {
+        n: p for n, p in model.named_parameters() if n.startswith("features.") and int(n.split(".")[1]) <= 11
+    }
 
 
 @pytest.mark.parametrize("name", ["gradcam", "lrp", "simplegrad"])
@@ -186,7 +194,9 @@ def test_map_gradient_matches_finite_differences(name):
                 down = _loss(name, model, x).item()
                 flat[i] = old
             fd = (up - down) / (2 * step)
-            assert abs(fd - g.view(-1)[i].item()) <= 1e-5 + 1e-4 * abs(fd), f"{name} {n}[{i}]: {fd} vs {g.view(-1)[i]}"
+            assert abs(fd - g.view(-1)[i].item()) <= 1e-5 + 1e-4 * abs(fd), (
+                f"{name} {n}[{i}]: {fd} vs {g.view(-1)[i]}"
+            )
 
 
 # --- registry and API ------------------------------------------------------------------------
@@ -215,7 +225,9 @@ def test_every_interpreter_on_vgg_mini(name):
     assert exp.heatmap.min() >= 0 and exp.heatmap.max() <= 1 + 1e-6
     assert exp.heatmap.requires_grad
     assert all(not m._forward_hooks for m in model.modules())
-    with torch.no_grad():  # an evaluation loop may wrap it in no_grad: the map still needs its gradient inside
+    with (
+        torch.no_grad()
+    ):  # an evaluation loop may wrap it in no_grad: the map still needs its gradient inside
         h = cls().heatmap(model, "vgg_mini", x, torch.tensor([1, 1]), size=56)
     assert h.shape == (2, 56, 56)
 
@@ -239,7 +251,9 @@ def test_lrp_refuses_unsupported_models_and_train_mode():
     with pytest.raises(LRPUnsupportedError, match=r"model 'resnet_mini'.*vgg_mini, vgg19"):
         get_interpreter("lrp")().heatmap(model, "resnet_mini", torch.randn(1, 3, 56, 56), 0, layer="layer3")
     with pytest.raises(ValueError, match=r"model\.eval\(\)"):
-        get_interpreter("lrp")().heatmap(_vgg_mini(dtype=torch.float32).train(), "vgg_mini", torch.randn(2, 3, 56, 56), 0)
+        get_interpreter("lrp")().heatmap(
+            _vgg_mini(dtype=torch.float32).train(), "vgg_mini", torch.randn(2, 3, 56, 56), 0
+        )
 
 
 @pytest.mark.slow

@@ -59,7 +59,9 @@ def as_target(target: int | torch.Tensor, n: int, device: torch.device) -> torch
     t = torch.as_tensor(target, device=device, dtype=torch.long)
     t = t.expand(n) if t.dim() == 0 else t
     if t.shape != (n,):
-        raise ValueError(f"target has shape {tuple(t.shape)}; expected an int or a LongTensor of shape ({n},)")
+        raise ValueError(
+            f"target has shape {tuple(t.shape)}; expected an int or a LongTensor of shape ({n},)"
+        )
     return t
 
 
@@ -68,7 +70,9 @@ def class_score(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return logits.gather(1, target.view(-1, 1)).sum()
 
 
-def forward_with_activation(model: nn.Module, layer: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_with_activation(
+    model: nn.Module, layer: str, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logits, A)``: ``A`` is the output of module ``layer``, on the graph from the weights to the logits.
 
     The hook captures ``A`` and hands a clone downstream, so an in-place op that follows
@@ -79,9 +83,13 @@ def forward_with_activation(model: nn.Module, layer: str, x: torch.Tensor) -> tu
 
     def hook(_m: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         if not isinstance(output, torch.Tensor):
-            raise LayerError(f"layer {layer!r} returns a {type(output).__name__}; an interpreter needs a tensor")
+            raise LayerError(
+                f"layer {layer!r} returns a {type(output).__name__}; an interpreter needs a tensor"
+            )
         if seen:
-            raise LayerError(f"layer {layer!r} ran twice in one forward (a shared module); pick another layer")
+            raise LayerError(
+                f"layer {layer!r} ran twice in one forward (a shared module); pick another layer"
+            )
         if not output.requires_grad:  # frozen weights and a plain input: no graph below, start one here
             output = output.detach().requires_grad_()
         seen.append(output)
@@ -168,7 +176,9 @@ def resolve_target(model: nn.Module, model_name: str | None, layer: str | None) 
         if layer is None or layer == TARGET_LAYER:
             raise LayerError("pass model_name (a registered model) or layer (a module path of the model)")
         if layer not in dict(model.named_modules()):
-            raise LayerError(f"{type(model).__name__} has no module {layer!r}; pass a module path or model_name")
+            raise LayerError(
+                f"{type(model).__name__} has no module {layer!r}; pass a module path or model_name"
+            )
         return layer
     info = model_info(model_name)
     if layer is None and info.target_layer is None:
@@ -189,7 +199,9 @@ def register_interpreter(name: str) -> Callable[[type[Interpreter]], type[Interp
         if not (isinstance(cls, type) and issubclass(cls, Interpreter)):
             raise TypeError(f"register_interpreter({name!r}) expects an Interpreter subclass, got {cls!r}")
         if not cls.description():
-            raise TypeError(f"interpreter {name!r} ({cls.__name__}) needs a docstring: its first line describes it")
+            raise TypeError(
+                f"interpreter {name!r} ({cls.__name__}) needs a docstring: its first line describes it"
+            )
         INTERPRETERS.register(name)(cls)
         cls.name = name
         return cls

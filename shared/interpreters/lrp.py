@@ -31,7 +31,9 @@ POOL_STABILISER = 1e-9  # pooling: plain conservation, only guarding 0/0
 _PASS_THROUGH = (nn.ReLU, nn.Dropout, nn.BatchNorm1d, nn.BatchNorm2d, nn.Identity, nn.Flatten)
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _VGG_CHILDREN = ["features", "avgpool", "classifier"]
-SUPPORTED = "sequential VGG/AlexNet-style models (vgg_mini, vgg19, alexnet, alexnet_mini, or any nn.Sequential)"
+SUPPORTED = (
+    "sequential VGG/AlexNet-style models (vgg_mini, vgg19, alexnet, alexnet_mini, or any nn.Sequential)"
+)
 
 
 class LRPUnsupportedError(LayerError):
@@ -51,7 +53,9 @@ def sequential_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     if isinstance(model, nn.Sequential):
         return _flatten_sequential("", model)
     children = [name for name, _ in model.named_children()]
-    if children == _VGG_CHILDREN:  # torchvision VGG/AlexNet forward: features, avgpool, flatten(1), classifier
+    if (
+        children == _VGG_CHILDREN
+    ):  # torchvision VGG/AlexNet forward: features, avgpool, flatten(1), classifier
         return [
             *_flatten_sequential("features", model.features),
             ("avgpool", model.avgpool),
@@ -68,7 +72,9 @@ def _sign(z: torch.Tensor) -> torch.Tensor:
     return torch.where(z >= 0, 1.0, -1.0).to(z.dtype)  # sign(0) = +1, as captum: the stabiliser never cancels
 
 
-def _propagate(fn: Callable[[torch.Tensor], torch.Tensor], a: torch.Tensor, r: torch.Tensor, eps: float) -> torch.Tensor:
+def _propagate(
+    fn: Callable[[torch.Tensor], torch.Tensor], a: torch.Tensor, r: torch.Tensor, eps: float
+) -> torch.Tensor:
     """``a ⊙ ∇_a(fn(a) · s)`` with ``s = r / (fn(a) + eps·sign)``, differentiable in a, r and fn's weights."""
     a_in = a if a.requires_grad else a.detach().requires_grad_()  # no graph below: nothing is cut
     z = fn(a_in)
@@ -80,7 +86,9 @@ def _propagate(fn: Callable[[torch.Tensor], torch.Tensor], a: torch.Tensor, r: t
 def _conv_plus(m: nn.Conv2d) -> Callable[[torch.Tensor], torch.Tensor]:
     """z⁺ of α1β0: positive contributions ``(a_i w_ij)⁺`` = a⁺·w⁺ + a⁻·w⁻, no bias."""
     if m.padding_mode != "zeros":
-        raise LRPUnsupportedError(f"LRP_T supports zero-padded convs only, got padding_mode={m.padding_mode!r}")
+        raise LRPUnsupportedError(
+            f"LRP_T supports zero-padded convs only, got padding_mode={m.padding_mode!r}"
+        )
     w_pos, w_neg = m.weight.clamp(min=0), m.weight.clamp(max=0)
 
     def conv(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -100,7 +108,9 @@ def relevance_step(path: str, m: nn.Module, a: torch.Tensor, r: torch.Tensor) ->
         return _propagate(_conv_plus(m), a, r, CONV_STABILISER)
     if isinstance(m, _POOLS):
         return _propagate(m, a, r, POOL_STABILISER)
-    raise LRPUnsupportedError(f"LRP_T has no rule for layer {path!r} ({type(m).__name__}); it handles {SUPPORTED}")
+    raise LRPUnsupportedError(
+        f"LRP_T has no rule for layer {path!r} ({type(m).__name__}); it handles {SUPPORTED}"
+    )
 
 
 def _forward(m: nn.Module, a: torch.Tensor) -> torch.Tensor:
@@ -112,7 +122,9 @@ def lrp_relevance(
     model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Relevance at the output of module ``layer`` ``[N, C, h, w]`` (start: ``R = y_c`` at class c), and the logits."""
-    if any(m.training for m in model.modules() if isinstance(m, nn.Dropout | nn.modules.batchnorm._BatchNorm)):
+    if any(
+        m.training for m in model.modules() if isinstance(m, nn.Dropout | nn.modules.batchnorm._BatchNorm)
+    ):
         raise ValueError(
             "LRP_T needs the model in eval mode (Dropout off, BatchNorm statistics frozen; SCIENCE.md §6): call model.eval()"
         )
@@ -146,5 +158,7 @@ class LRPT(Interpreter):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         r, logits = lrp_relevance(model, layer, x, target)
         if r.dim() != 4:
-            raise LayerError(f"LRP_T needs a conv layer's [N, C, h, w] output at {layer!r}, got shape {tuple(r.shape)}")
+            raise LayerError(
+                f"LRP_T needs a conv layer's [N, C, h, w] output at {layer!r}, got shape {tuple(r.shape)}"
+            )
         return torch.relu(r.sum(dim=1)), logits

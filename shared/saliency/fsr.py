@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from shared.saliency.losses import check_maps, center_of_mass
+from shared.saliency.losses import center_of_mass, check_maps
 
 # R_f per fooling kind, both ends inclusive (Heo §4, appendix C).
 FSR_RANGES: dict[str, tuple[float, float]] = {

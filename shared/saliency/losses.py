@@ -22,7 +22,9 @@ def check_maps(h: torch.Tensor, name: str = "h") -> None:
         raise ValueError(f"{name} has shape {tuple(h.shape)}; expected heatmaps [N, H, W]")
 
 
-def frame_mask(height: int, width: int, device: torch.device | None = None, dtype=torch.float32) -> torch.Tensor:
+def frame_mask(
+    height: int, width: int, device: torch.device | None = None, dtype=torch.float32
+) -> torch.Tensor:
     """Location target ``m`` ``[H, W]``: 1 on a frame ⌊H/7⌋ rows and ⌊W/7⌋ columns wide, 0 inside."""
     bh, bw = height // FRAME_DIVISOR, width // FRAME_DIVISOR
     if bh < 1 or bw < 1:
@@ -57,7 +59,9 @@ def topk_loss(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Eq. 4 per image: ``mean_{p∈P} minmax(h)_p²`` (Heo's code squares; the paper prints |·|)."""
     check_maps(h)
     if mask.shape != h.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} differs from maps {tuple(h.shape)}; build it with topk_mask")
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} differs from maps {tuple(h.shape)}; build it with topk_mask"
+        )
     m = mask.to(h.dtype).flatten(1)
     return (minmax_normalise(h).flatten(1).pow(2) * m).sum(1) / m.sum(1)
 
@@ -77,7 +81,9 @@ def center_mass_loss(h: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
     return -(center_of_mass(h) - center_of_mass(h0.detach())).abs().sum(1)
 
 
-def active_loss(h_c1: torch.Tensor, h_c2: torch.Tensor, h0_c1: torch.Tensor, h0_c2: torch.Tensor) -> torch.Tensor:
+def active_loss(
+    h_c1: torch.Tensor, h_c2: torch.Tensor, h0_c1: torch.Tensor, h0_c2: torch.Tensor
+) -> torch.Tensor:
     """Active fooling per image: ``½(mean (h_c1(w) − h_c2(w0))² + mean (h_c2(w) − h_c1(w0))²)`` (swap c1, c2)."""
     for name, t in (("h_c1", h_c1), ("h_c2", h_c2), ("h0_c1", h0_c1), ("h0_c2", h0_c2)):
         check_maps(t, name)
