@@ -25,6 +25,7 @@ from shared.datasets import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from shared.models.alexnet_mini import AlexNetMini
 from shared.models.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from shared.models.surgery import rebuild
+from shared.models.vgg_mini import VGG_MINI_LAYERS, VGG_MINI_TARGET, VGGMini
 from shared.registry import Registry, first_line
 
 IMAGENET = Preprocess(resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -33,6 +34,9 @@ MINI = Preprocess(resize=64, crop=56, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 # SCIENCE.md §1: conv1…conv5 are the ReLU outputs after AlexNet's convolutions, named
 # explicitly instead of relying on the in-place ReLU overwriting the conv's output.
 ALEXNET_LAYERS = {f"conv{i + 1}": f"features.{m}" for i, m in enumerate((1, 4, 7, 9, 11))}
+
+
+TARGET_LAYER = "target_layer"  # layer name that resolves to ModelInfo.target_layer (SCIENCE.md §6)
 
 
 class LayerError(ValueError):
@@ -58,6 +62,9 @@ class ModelInfo:
     weights_enum_name: str | None = None
     notes: str = field(default="")  # why an alias points where it points, when not obvious
     description: str = field(default="")  # one line for `vizsweep list models`
+    # Module path where saliency interpreters read their heatmap (SCIENCE.md §6: the last conv block);
+    # also accepted as the layer name "target_layer". None: the model has no saliency target.
+    target_layer: str | None = None
 
     @property
     def weights_enum(self) -> Any:
@@ -73,6 +80,8 @@ class ModelInfo:
 
     def resolve_layer(self, layer: str, model: nn.Module | None = None) -> str:
         """Module path for an alias or a raw module path; :class:`LayerError` lists the aliases otherwise."""
+        if layer == TARGET_LAYER and self.target_layer is not None:
+            return self.target_layer
         if layer in self.layers:
             return self.layers[layer]
         names = set(dict(model.named_modules())) if model is not None else self.module_names()
@@ -97,13 +106,14 @@ def register_model(
     weights_enum: str | None = None,
     notes: str = "",
     description: str = "",
+    target_layer: str | None = None,
 ) -> Callable[[Callable[[int], nn.Module]], Callable[[int], nn.Module]]:
     """Decorator: register ``builder(num_classes) -> nn.Module`` under ``name`` (duplicates raise).
     ``description`` (one line) defaults to the first line of the builder's docstring."""
 
     def deco(builder: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
         info = ModelInfo(name, builder, dict(layers), preprocess, num_classes, head, weights_enum, notes,
-                         description or first_line(builder.__doc__))  # fmt: skip
+                         description or first_line(builder.__doc__), target_layer)  # fmt: skip
         MODELS.register(name)(info)
         return builder
 
@@ -158,12 +168,61 @@ def _alexnet(num_classes: int) -> nn.Module:
     num_classes=1000,
     head="fc",
     weights_enum="ResNet50_Weights",
+    target_layer="layer4",
 )
 def _resnet50(num_classes: int) -> nn.Module:
     """torchvision ResNet-50 at 224 px."""
     import torchvision.models as tvm
 
     return tvm.resnet50(weights=None, num_classes=num_classes)
+
+
+@register_model(
+    "vgg_mini",
+    layers=VGG_MINI_LAYERS,
+    preprocess=MINI,
+    num_classes=16,
+    head="classifier.3",
+    target_layer=VGG_MINI_TARGET,
+    notes="conv1..conv4 are the ReLU outputs (as for AlexNet); the saliency target is conv4's BN output.",
+)
+def _vgg_mini(num_classes: int) -> nn.Module:
+    """A small VGG with BatchNorm for 56 px crops: the saliency family's demo model (14 x 14 target map)."""
+    return VGGMini(num_classes=num_classes)
+
+
+@register_model(
+    "vgg19",
+    layers={"features.34": "features.34"},
+    preprocess=IMAGENET,
+    num_classes=1000,
+    head="classifier.6",
+    weights_enum="VGG19_Weights",
+    target_layer="features.34",
+    notes="features.34 is the last conv (Heo et al.'s target layer); its in-place ReLU is features.35.",
+)
+def _vgg19(num_classes: int) -> nn.Module:
+    """torchvision VGG-19 at 224 px (Heo et al.'s main model)."""
+    import torchvision.models as tvm
+
+    return tvm.vgg19(weights=None, num_classes=num_classes)
+
+
+@register_model(
+    "densenet121",
+    layers={"features": "features"},
+    preprocess=IMAGENET,
+    num_classes=1000,
+    head="classifier",
+    weights_enum="DenseNet121_Weights",
+    target_layer="features",
+    notes="'features' ends with norm5 (BN); DenseNet's forward applies the ReLU after it.",
+)
+def _densenet121(num_classes: int) -> nn.Module:
+    """torchvision DenseNet-121 at 224 px."""
+    import torchvision.models as tvm
+
+    return tvm.densenet121(weights=None, num_classes=num_classes)
 
 
 @register_model(
