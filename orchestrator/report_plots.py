@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from orchestrator.report import attacked_rows
+
 PRUNED = ("norm", "group-weight", "group-filter", "vulnerability")
 X_LABEL = {"norm": "share of weights pruned", "group-weight": "target group sparsity",
            "group-filter": "target group sparsity",
@@ -30,6 +32,7 @@ def pruning_plots(rows: Sequence[Mapping[str, Any]], out_dir: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     os.makedirs(out_dir, exist_ok=True)
+    rows = attacked_rows(rows)  # the attacked set, as in the thesis's figures
     base = [r for r in rows if r.get("prune_method") in (None, "none")]
     paths = []
     for method in PRUNED:

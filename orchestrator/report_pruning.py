@@ -10,13 +10,15 @@ two OTO tables):
 
 The numbers come from the trial runs' params (``weight_pruning_rate``, ``filter_pruning_rate``,
 ``fine_tuned_acc``, recorded with the variant) and final metrics, so the tables show what
-MLflow shows.
+MLflow shows. Like the thesis's tables they use the attacked set's rows (split ``train``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from orchestrator.report import attacked_rows
 
 METHODS = ("norm", "group", "vulnerability")
 # the thesis's caption for each method's pruned-model table, and the name of its rate
@@ -114,6 +116,6 @@ def attack_table(group: Any, model: str, rows: Sequence[Mapping[str, Any]]) -> s
 def pruning_tables(rows: Sequence[Mapping[str, Any]]) -> str:
     """All pruning tables for the methods present in ``rows`` (empty when nothing was pruned)."""
     parts = []
-    for group, model, mine in _groups(rows):
+    for group, model, mine in _groups(attacked_rows(rows)):
         parts += [variant_table(group, model, mine), attack_table(group, model, mine)]
     return "\n".join(parts)

@@ -162,17 +162,30 @@ def _existing(ckdir: str) -> str | None:
 
 
 def final_metrics(plan: TrialPlan, history: list[dict], mres, primary_split: str) -> dict[str, float]:
-    """The figures of Table 3.1 (layer means; for a multi-layer scope, their mean) plus every detail."""
+    """The figures of Table 3.1 (layer means; for a multi-layer scope, their mean) plus every detail.
+
+    Per split role (SCIENCE.md §3: ``train`` = the attacked set ``primary_split``, ``val`` = the
+    generalization split): ``{role}.{metric}``, the report's rows; counts of dead and killed units
+    are summed over the layers. The unprefixed names repeat the attacked split's figures (the
+    MLflow compare view); ``{layer}.{split}.{metric}`` keeps each layer.
+    """
+    counts = ("units_dead_init", "units_killed")  # summed over layers (SCIENCE.md §3, dead units)
+    extras = ("decoy_top5", *counts)  # decoy_top5: only attacks with a decoy class have it
     flat = {k.replace("/", "."): float(v) for k, v in mres.flat().items() if v is not None}
     out: dict[str, float] = {k: v for k, v in flat.items() if v == v}  # drop NaN
     layers = plan.metrics["layers"]
-    for name in METRIC_NAMES:
-        vals = [
-            mres.per[(ly, primary_split)].means.get(name) for ly in layers if (ly, primary_split) in mres.per
-        ]
-        vals = [v for v in vals if v is not None and v == v]
-        if vals:
-            out[name] = float(sum(vals) / len(vals))
+    val_split = plan.metrics.get("val_split", "val")
+    for split in dict.fromkeys(sp for _, sp in mres.per):
+        role = "train" if split == primary_split else "val" if split == val_split else split
+        means = [mres.per[(ly, split)].means for ly in layers if (ly, split) in mres.per]
+        for name in (*METRIC_NAMES, *extras):
+            vals = [m[name] for m in means if m.get(name) is not None and m[name] == m[name]]
+            if not vals:
+                continue
+            value = float(sum(vals)) if name in counts else float(sum(vals) / len(vals))
+            out[f"{role}.{name}"] = value
+            if split == primary_split:
+                out[name] = value
     if history:
         out["alpha_final"] = float(history[-1].get("alpha", 0.0))
         out["steps"] = float(history[-1]["step"])
