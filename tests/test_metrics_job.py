@@ -74,6 +74,8 @@ def _spec(setup, final: str, state: str, **kw) -> MetricsSpec:
         ({"picture_units": -1}, "MetricsSpec.picture_units"),
         ({"final_state_key": "init"}, "final_state_key"),
         ({"embedder": "no_such_embedder:x"}, "no_such_embedder"),
+        ({"decoy_class": -1}, "MetricsSpec.decoy_class"),
+        ({"decoy_class": 1, "k": 4}, "k >= 5"),
     ],
 )
 def test_spec_rejects_bad_fields(override, message):
@@ -92,6 +94,7 @@ def test_spec_defaults_and_units_normalised():
     )  # fmt: skip
     assert s.units == (1, 5) and s.layers == ("conv5",) and s.k == 10 and s.tau_images == 10_000
     assert s.splits == ("train", "val") and s.embedder == "open_clip:ViT-B-32:openai"
+    assert s.decoy_class is None and s.identity()["decoy_class"] is None  # keyed: it changes decoy_top5
     assert "device" not in s.identity() and "layers" not in s.identity()
     assert s.activations("final", "val").state_key == "s" and s.activations("init", "val").weights == "a.pt"
 
@@ -141,6 +144,90 @@ def test_before_after_has_two_rows_per_unit(setup, tmp_path):
         render_before_after(setup["data"], "val", before, after, metrics, [7], str(tmp_path / "x.png"))
 
 
+# --- dead units, killed units and decoy_top5 on hand-made activation tables (no Ray) -----------------
+
+DECOY = 3
+ALIVE = [0, 1, 4]  # unit 2 dead throughout, 3 killed by the attack, 5 dead at the start (revived)
+
+
+def _hand_split(seed: int, n: int = 40) -> dict:
+    """One split's activation tables of θ0 and θ (scores [n, 6]), ids, labels (class = id % 4)."""
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"img{i:03d}" for i in range(n)])
+    labels = np.arange(n) % 4
+    init = (rng.random((n, 6)) + 0.1).astype(np.float32)
+    init[:, [2, 5]] = 0.0
+    final = (init + 0.5 * rng.random((n, 6))).astype(np.float32)
+    final[:, [2, 3]] = 0.0
+    final[:, 5] = rng.random(n) + 0.1
+    final[np.flatnonzero(labels == DECOY)[:2], :2] = 10.0  # units 0 and 1: a decoy image on top
+    final[labels == DECOY, 4] = 1e-3  # unit 4: alive, but no decoy image in its top-5
+    return {"ids": ids, "labels": labels, "init": init, "final": final}
+
+
+def _topk_of(split: dict, state: str, k: int) -> pa.Table:
+    """What jobs.topk.run_topk makes of the table (the same accumulator)."""
+    acc = StreamingTopK(6, k)
+    acc.update(split[state], split["ids"], split["labels"])
+    return acc.table()
+
+
+def _hand_tables(k: int = 5) -> dict[str, pa.Table]:
+    from jobs.metrics import _layer_tables
+    from jobs.metrics_inputs import emb_array, set_array, unit_states
+
+    splits = {"train": _hand_split(0), "val": _hand_split(1)}
+    rng = np.random.default_rng(2)
+    inputs, states = {}, {}
+    for sp, d in splits.items():
+        emb = {i: rng.normal(size=8) for i in d["ids"]}
+        topks = [_topk_of(d, st, k) for st in ("init", "final")]
+        sets = [set_array(t, 6, k) for t in topks]
+        inputs[sp] = (*sets, *(emb_array(x, emb) for x in sets))
+        states[sp] = unit_states(topks, 6, k, DECOY)
+    val = splits["val"]  # D_τ = V
+    return _layer_tables(val["init"], val["final"], np.arange(6), inputs, states)
+
+
+def test_dead_and_killed_units_are_counted_not_averaged():
+    from shared.metrics import layer_means
+
+    tables = _hand_tables()
+    for sp, table in tables.items():
+        c = _columns(table)
+        assert table.column_names == [*COLUMNS, "decoy_top5", "dead_init", "dead_final"]
+        assert list(c["dead_init"]) == [False, False, True, False, False, True]
+        assert list(c["dead_final"]) == [False, False, True, True, False, False]
+        assert np.isnan(c["kendall_tau"][[2, 3, 5]]).all()  # no ranking: τ undefined
+        assert not np.isnan(c["clip_delta"][[2, 3]]).any()  # an arbitrary top-k still gives a number
+        means = layer_means(table)
+        assert (means["units_dead_init"], means["units_killed"]) == (2.0, 1.0)
+        for name in (*COLUMNS[1:], "decoy_top5"):  # every column: the same three units
+            assert means[name] == pytest.approx(np.mean(c[name][ALIVE])), (sp, name)
+        assert means["clip_delta"] != pytest.approx(np.mean(c["clip_delta"]))  # the old, all-unit mean
+        # decoy_top5: units 0 and 1 of the three; the killed unit's arbitrary top-5 (first ids) holds
+        # a decoy image (img003) but does not count
+        assert list(c["decoy_top5"][:5]) == [1.0, 1.0, 1.0, 1.0, 0.0]
+        assert means["decoy_top5"] == pytest.approx(2 / 3)
+    np.testing.assert_array_equal(tables["train"]["kendall_tau"], tables["val"]["kendall_tau"])
+
+
+def test_manifest_carries_the_counts_and_the_dead_units(tmp_path):
+    from jobs.metrics import _commit
+
+    table = _hand_tables()["train"]
+    spec = MetricsSpec(
+        dataset="/d", model="alexnet_mini", variant_key="v", init_weights="a.pt", final_weights="b.pt",
+        final_state_key="s", embedder="reference:/nowhere/ref.pt", picture_units=0, decoy_class=DECOY,
+    )  # fmt: skip
+    out = str(tmp_path / "m")
+    m = _commit(spec, ("conv5", "train"), out, "key1", table, (50.0, 49.5), (None, None), None, {})
+    man = store.read_manifest(out)
+    assert man["dead"] == {"init": [2, 5], "killed": [3]} and man["spec"]["decoy_class"] == DECOY
+    assert man["means"] == m.means and m.means["units_killed"] == 1.0 and m.delta_acc == -0.5
+    assert read_unit_metrics(out).column_names[-3:] == ["decoy_top5", "dead_init", "dead_final"]
+
+
 # --- on Ray ------------------------------------------------------------------------------------
 
 
@@ -158,8 +245,8 @@ def test_identity_model_gives_identity_metrics(setup, ray_local):
             f"/metrics/model=v0/state=identity/layer={layer}/split={split}"
         )
         table = read_unit_metrics(m.uri)
-        assert table.column_names == COLUMNS
-        assert pq.read_schema(store.local_path(m.table_uri)).names == COLUMNS
+        assert table.column_names == [*COLUMNS, "dead_init", "dead_final"]
+        assert pq.read_schema(store.local_path(m.table_uri)).names == [*COLUMNS, "dead_init", "dead_final"]
         c = _columns(table)
         n_units = store.read_manifest(res.activations[("init", split)][layer])["units"]
         assert list(c["unit"]) == list(range(n_units))
