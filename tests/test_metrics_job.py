@@ -34,6 +34,13 @@ def setup(tmp_path_factory):
     model, _ = build_model("alexnet_mini")
     init = save_checkpoint(model, "alexnet_mini", str(root / "init.pt"))
     same = save_checkpoint(model, "alexnet_mini", str(root / "same.pt"))  # θ = θ0, another file
+    with torch.no_grad():  # θ with conv5 units 5 and 9 killed: their filters zeroed (ReLU output 0)
+        w, b = model.features[10].weight.clone(), model.features[10].bias.clone()
+        model.features[10].weight[[5, 9]] = 0.0
+        model.features[10].bias[[5, 9]] = 0.0
+        killed = save_checkpoint(model, "alexnet_mini", str(root / "killed.pt"))
+        model.features[10].weight.copy_(w)
+        model.features[10].bias.copy_(b)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -44,7 +51,7 @@ def setup(tmp_path_factory):
     ref, _ = build_model("resnet_mini")
     ref_uri = save_checkpoint(ref, "resnet_mini", str(root / "ref.pt"))
     return {
-        "data": data, "init": init, "same": same, "perturbed": perturbed,
+        "data": data, "init": init, "same": same, "perturbed": perturbed, "killed": killed,
         "embedder": f"reference:{ref_uri}", "store": str(root / "store"),
     }  # fmt: skip
 
@@ -316,3 +323,32 @@ def test_perturbed_model_moves_topk_sets(setup, ray_local):
     assert not np.array_equal(tr["topk_overlap"], va["topk_overlap"]) or not np.array_equal(
         tr["clip_delta"], va["clip_delta"]
     )
+
+
+@pytest.mark.slow
+def test_killed_units_on_ray(setup, ray_local):
+    """Two conv5 filters zeroed: their units die; they are counted, not averaged (SCIENCE.md §3)."""
+    from jobs.activations import read_table
+    from shared.metrics import layer_means
+
+    spec = _spec(setup, "killed", "killed", layers=("conv5",), decoy_class=0, picture_units=2)
+    res = run_metrics(spec, setup["store"])
+    for split in ("train", "val"):
+        m = res.per[("conv5", split)]
+        table = read_unit_metrics(m.uri)
+        c = _columns(table)
+        dead = [
+            ~(read_table(res.activations[(st, split)]["conv5"])[2] != 0).any(axis=0)
+            for st in ("init", "final")
+        ]
+        np.testing.assert_array_equal(c["dead_init"], dead[0])
+        np.testing.assert_array_equal(c["dead_final"], dead[1])
+        killed = np.flatnonzero(~dead[0] & dead[1])
+        assert set(killed) == {5, 9} - set(np.flatnonzero(dead[0]))
+        alive = ~dead[0] & ~dead[1]
+        assert m.means == layer_means(table) and m.means["units_killed"] == len(killed)
+        assert m.means["units_dead_init"] == dead[0].sum()
+        assert m.means["clip_delta"] == pytest.approx(np.nanmean(c["clip_delta"][alive]))
+        assert 0.0 <= m.means["decoy_top5"] <= 1.0
+        assert not set(m.picture_units) & set(np.flatnonzero(~alive))  # a dead unit's top-k is arbitrary
+        assert store.read_manifest(m.uri)["dead"]["killed"] == killed.tolist()
