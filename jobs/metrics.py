@@ -2,10 +2,10 @@
 
 For each (layer, split) it writes
 ``{store}/metrics/model={variant}/state={final_state}/layer={layer}/split={split}/`` with
-``unit_metrics.parquet`` (unit, kendall_tau, kendall_tau_w, clip_delta, clip_w, topk_overlap;
-one row per attacked unit), ``before_after.png`` and, last, ``_MANIFEST.json`` (layer means,
-Acc, ΔAcc, the embedder's description, the key). A rerun with the same key is skipped
-before Ray or the embedder is touched.
+``unit_metrics.parquet`` (unit, kendall_tau, kendall_tau_w, clip_delta, clip_w, topk_overlap,
+[decoy_top5,] dead_init, dead_final; one row per attacked unit), ``before_after.png`` and, last,
+``_MANIFEST.json`` (layer means, Acc, ΔAcc, the embedder's description, the key). A rerun with
+the same key is skipped before Ray or the embedder is touched.
 
 - Kendall-τ and Kτ-W run over ``D_τ``, a seeded random subset of V chosen by image id from
   the split's image index (so it is the same for every model). ActivationsSpec.limit keeps
@@ -15,27 +15,41 @@ before Ray or the embedder is touched.
 - CLIP-δ, CLIP-W and the top-k overlap use the top-k sets of the reported split; every
   unique top-k image of a split is fetched by id and embedded once for all layers.
 - Acc / ΔAcc: top-1 of θ0 and θ on the whole of V (jobs.accuracy, cached per model state).
+- Dead units (§3): ``dead_init``/``dead_final`` per split, read off the top-k scores (scores are
+  squared norms, so a top score of 0 means 0 on every image). Layer means run over the units
+  alive in both states; the means also carry ``units_dead_init`` and ``units_killed``.
+- ``decoy_top5`` (push-up, thesis Fig. H), when ``decoy_class`` is set: per unit, a decoy-class
+  image in the final top-5 of the split; its layer mean is the share of the alive attacked units.
 """
 
 from __future__ import annotations
 
 import io
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.accuracy import run_accuracy
-from jobs.activations import ActivationsSpec, iter_table, run_activations, scores_of, table_uri
+from jobs.activations import ActivationsSpec, run_activations, table_uri
 from jobs.before_after import dataset_classes, pick_units, render_before_after
+from jobs.metrics_inputs import (
+    DECOY_TOP,
+    emb_array,
+    embed_ids,
+    set_array,
+    tau_scores,
+    tau_subset,
+    unit_states,
+)
 from jobs.topk import run_topk
 from shared import store
 from shared.metrics import (
+    alive_units,
     clip_delta,
     clip_matrix,
     clip_w,
@@ -43,13 +57,11 @@ from shared.metrics import (
     layer_means,
     topk_overlap,
     unit_metrics,
+    unit_state_columns,
 )
 from shared.progress import Progress, no_progress
 
-if TYPE_CHECKING:
-    from shared.embedders import Embedder
-
-CODE_VERSION = "metrics-v1"
+CODE_VERSION = "metrics-v2"  # v2: dead units out of the means, their counts, decoy_top5
 TABLE = "unit_metrics.parquet"
 PICTURE = "before_after.png"
 EXECUTION_ONLY = ("device", "batch_size", "embed_batch_size", "num_actors")
@@ -76,6 +88,7 @@ class MetricsSpec:
     embedder: str | Mapping[str, Any] = "open_clip:ViT-B-32:openai"  # e(x) spec (shared.embedders)
     picture_units: int = 4  # units in before_after.png: the attacked units with the highest CLIP-δ; 0 = none
     picture_k: int = 5  # images per row in before_after.png (top-5 in pictures, SCIENCE.md §1)
+    decoy_class: int | None = None  # label of the decoy class (push-up): decoy_top5 is computed; None: not
     # Execution settings: they do not change the result, so they stay out of the key.
     device: str = field(default="auto", compare=False)  # forward passes and the embedder
     batch_size: int = field(default=256, compare=False)  # images per forward in activations / accuracy
@@ -104,6 +117,11 @@ class MetricsSpec:
         for name in ("k", "tau_images", "picture_k", "batch_size", "embed_batch_size"):
             if not (_is_index(getattr(self, name)) and getattr(self, name) >= 1):
                 raise ValueError(f"MetricsSpec.{name}={getattr(self, name)!r}: must be an integer >= 1")
+        if self.decoy_class is not None and not (_is_index(self.decoy_class) and self.k >= DECOY_TOP):
+            raise ValueError(
+                f"MetricsSpec.decoy_class={self.decoy_class!r} with k={self.k}: a class label >= 0 and "
+                f"k >= {DECOY_TOP} (decoy_top5 looks at the top-{DECOY_TOP}), or None for no decoy_top5"
+            )
         if not _is_index(self.picture_units):
             raise ValueError(
                 f"MetricsSpec.picture_units={self.picture_units!r}: an integer >= 0 (0: no picture)"
@@ -138,7 +156,7 @@ class LayerSplitMetrics:
     table_uri: str  # the per-unit Parquet table
     picture_uri: str | None  # before_after.png, None when picture_units = 0
     picture_units: list[int]  # the units shown in it
-    means: dict[str, float]  # layer figures: METRIC_COLUMNS averaged over the attacked units
+    means: dict[str, float]  # layer figures over the attacked units alive in both states, and the dead counts
     acc: float  # Acc(θ) on V, %
     acc_init: float  # Acc(θ0) on V, %
     delta_acc: float  # Acc(θ) − Acc(θ0), percentage points
@@ -254,11 +272,13 @@ def _compute(spec, store_uri, pending, dirs, keys, progress) -> dict[tuple[str, 
             tables[("init", val)][layer], tables[("final", val)][layer], tau_ids
         )
         j = s_init.shape[1]
-        inputs = {}
+        inputs, states = {}, {}
         for sp in (sp for ly, sp in pending if ly == layer):
-            sets = [_set_array(topk[(st, layer, sp)], j, spec.k) for st in STATES]
-            inputs[sp] = (*sets, *(_emb_array(s, emb[sp]) for s in sets))
-        for sp, table in _layer_tables(s_init, s_final, _units(spec, layer, j), inputs).items():
+            sets = [set_array(topk[(st, layer, sp)], j, spec.k) for st in STATES]
+            inputs[sp] = (*sets, *(emb_array(s, emb[sp]) for s in sets))
+            states[sp] = unit_states([topk[(st, layer, sp)] for st in STATES], j, spec.k, spec.decoy_class)
+        units = _units(spec, layer, j)
+        for sp, table in _layer_tables(s_init, s_final, units, inputs, states).items():
             record = {
                 "tau": {"requested": spec.tau_images, "used": len(ids), "seed": spec.tau_seed},
                 "embedder": embedder.describe(),
@@ -304,15 +324,18 @@ def _units(spec: MetricsSpec, layer: str, j: int) -> np.ndarray:
     return np.asarray(spec.units, dtype=np.int64)
 
 
-def _layer_tables(s_init, s_final, units, inputs) -> dict[str, pa.Table]:
-    """One unit_metrics table per split; the Kendall columns (over D_τ) are computed once and shared."""
+def _layer_tables(s_init, s_final, units, inputs, states) -> dict[str, pa.Table]:
+    """One unit_metrics table per split; the Kendall columns (over D_τ) are computed once and shared.
+
+    ``states[split]``: the split's dead_init, dead_final, decoy_top5 arrays (metrics_inputs.unit_states).
+    """
     out: dict[str, pa.Table] = {}
     base = None
     for sp, (t_init, t_final, e_init, e_final) in inputs.items():
         if base is None:
             base = unit_metrics(
                 scores_init=s_init, scores_final=s_final, topk_init=t_init, topk_final=t_final,
-                emb_init=e_init, emb_final=e_final, units=units,
+                emb_init=e_init, emb_final=e_final, units=units, **states[sp],
             )  # fmt: skip
             out[sp] = base
             continue
@@ -322,9 +345,11 @@ def _layer_tables(s_init, s_final, units, inputs) -> dict[str, pa.Table]:
             "clip_w": clip_w(c_ii, c_if)[units],
             "topk_overlap": topk_overlap(t_init, t_final)[units],
         }
+        cols = {n: pa.array(v, pa.float64()) for n, v in cols.items()}
+        cols.update(unit_state_columns(len(t_init), units, **states[sp]))
         table = base
         for name, v in cols.items():
-            table = table.set_column(table.schema.get_field_index(name), name, pa.array(v, pa.float64()))
+            table = table.set_column(table.schema.get_field_index(name), name, v)
         out[sp] = table
     return out
 
@@ -336,7 +361,8 @@ def _commit(spec, ls, out, key, table, accs, topks, classes, record) -> LayerSpl
     pq.write_table(table, buf)
     store.write_bytes(store.join(out, TABLE), buf.getvalue().to_pybytes())
     files = [TABLE]
-    shown = pick_units(table, spec.picture_units)
+    alive = alive_units(table)
+    shown = pick_units(table.filter(pa.array(alive)), spec.picture_units)  # a dead unit's top-k is arbitrary
     if shown:
         title = f"{spec.model} {layer}, {split}: top-{spec.picture_k} before / after ({spec.final_state_key})"
         pic = store.join(out, PICTURE)
@@ -350,13 +376,23 @@ def _commit(spec, ls, out, key, table, accs, topks, classes, record) -> LayerSpl
         {
             "kind": "metrics", "key": key, "producer": CODE_VERSION, "files": files, "layer": layer,
             "split": split, "units": table.column("unit").to_pylist(), "means": means, "acc": acc1,
-            "acc_init": acc0, "delta_acc": da, "picture_units": shown, "spec": asdict(spec), **record,
+            "acc_init": acc0, "delta_acc": da, "picture_units": shown, "spec": asdict(spec),
+            "dead": _dead_lists(table), **record,
         },
     )  # fmt: skip
     pic = store.join(out, PICTURE) if shown else None
     return LayerSplitMetrics(
         layer, split, out, store.join(out, TABLE), pic, shown, means, acc1, acc0, da, key, False
     )
+
+
+def _dead_lists(table: pa.Table) -> dict[str, list[int]]:
+    """The units behind the counts: dead at the start, and killed (alive before, dead after)."""
+    units = table.column("unit").to_numpy()
+    d0, d1 = (
+        table.column(n).to_numpy(zero_copy_only=False).astype(bool) for n in ("dead_init", "dead_final")
+    )
+    return {"init": units[d0].tolist(), "killed": units[~d0 & d1].tolist()}
 
 
 def _from_manifest(ls: tuple[str, str], out: str, m: dict) -> LayerSplitMetrics:
@@ -371,86 +407,3 @@ def read_unit_metrics(metrics_dir: str) -> pa.Table:
     """The committed per-unit table of one (layer, split) folder."""
     (f, *_) = store.committed_files(metrics_dir)
     return pq.read_table(io.BytesIO(store.read_bytes(f)))
-
-
-# --- D_τ, top-k sets and embeddings --------------------------------------------------------
-
-
-def tau_subset(dataset: str, split: str, size: int, seed: int) -> np.ndarray:
-    """D_τ: ``size`` image ids of ``split`` drawn with ``seed`` (all of them when fewer), sorted.
-
-    Drawn from the split's image index (sorted ids), so it depends only on the dataset and the
-    seed, never on the order in which a pipeline wrote the rows.
-    """
-    from shared.image_index import build_index
-
-    fs, path = store.resolve(build_index(dataset, split))
-    ids = np.asarray(pq.read_table(path, filesystem=fs, columns=["image_id"]).column("image_id").to_pylist())
-    if len(ids) <= size:
-        return ids
-    pick = np.random.default_rng(seed).choice(len(ids), size=size, replace=False)
-    return ids[np.sort(pick)]
-
-
-def _rows(table_dir: str, ids: np.ndarray) -> dict[str, np.ndarray]:
-    """id -> score row, for the rows of a committed table whose id is in ``ids`` (streamed)."""
-    wanted = pa.array(ids, pa.string())
-    out: dict[str, np.ndarray] = {}
-    for batch in iter_table(table_dir):
-        hit = pc.is_in(batch.column("image_id"), value_set=wanted)
-        sub = batch.filter(hit)
-        if sub.num_rows:
-            out.update(zip(sub.column("image_id").to_pylist(), scores_of(sub)))
-    return out
-
-
-def tau_scores(init_dir: str, final_dir: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, a(·; θ0) [n, J], a(·; θ) [n, J]) on the D_τ images both tables hold, rows aligned by id.
-
-    Images a table lacks (undecodable ones are never written) drop out of both.
-    """
-    a, b = _rows(init_dir, ids), _rows(final_dir, ids)
-    common = [i for i in ids if i in a and i in b]
-    if len(common) < 2:
-        raise ValueError(
-            f"only {len(common)} D_τ image(s) in both {init_dir} and {final_dir}: Kendall-τ needs 2"
-        )
-    return np.asarray(common), np.stack([a[i] for i in common]), np.stack([b[i] for i in common])
-
-
-def _set_array(topk: pa.Table, j: int, k: int) -> np.ndarray:
-    """[J, k] image ids of each unit's top-k, in rank order."""
-    from shared.topk import topk_sets
-
-    sets = topk_sets(topk)
-    short = [u for u in range(j) if len(sets.get(u, ())) != k]
-    if short:
-        raise ValueError(
-            f"units {short[:5]} have fewer than k={k} top images: the split has fewer than k images"
-        )
-    return np.asarray([sets[u] for u in range(j)], dtype=object)
-
-
-def _emb_array(sets: np.ndarray, emb: dict[str, np.ndarray]) -> np.ndarray:
-    return np.stack([np.stack([emb[i] for i in row]) for row in sets])
-
-
-def embed_ids(
-    embedder: Embedder,
-    dataset: str,
-    split: str,
-    ids: Sequence[str],
-    batch_size: int = 64,
-    progress: Progress = no_progress,
-    chunk: int = 512,
-) -> dict[str, np.ndarray]:
-    """id -> e(x) for each id, fetched by id and embedded once, ``chunk`` images in memory at a time."""
-    from shared.image_index import fetch_images
-
-    out: dict[str, np.ndarray] = {}
-    for s in range(0, len(ids), chunk):
-        part = list(ids[s : s + chunk])
-        raw = fetch_images(dataset, split, part)
-        out.update(zip(part, embedder.embed_images([raw[i] for i in part], batch_size=batch_size)))
-        progress(len(out), len(ids), phase="embed", split=split)
-    return out

@@ -135,7 +135,7 @@ class FineTuneRunner(Runner):
             final_weights=store.join(model_dir(store_uri, akey), "model.pt"), final_state_key=akey,
             layers=job.layers, units=job.units, k=e["k"], tau_images=e["tau_images"], tau_seed=job.seed,
             val_split=job.val_split, splits=tuple(e["splits"]), embedder=e["embedder"],
-            picture_units=e["picture_units"],
+            picture_units=e["picture_units"], decoy_class=job.config.get("decoy_class"),
         )  # fmt: skip
 
     def attack_key(self, job: TrialJob, dataset_id: str) -> str:
@@ -197,18 +197,29 @@ class FineTuneRunner(Runner):
 METRIC_NAMES = ("clip_delta", "kendall_tau", "clip_w", "kendall_tau_w", "topk_overlap")
 
 
-def final_metrics(
-    job: TrialJob, history: list[dict], mres: MetricsResult, primary_split: str | None = None
-) -> dict[str, float]:
-    """The figures of Table 3.1 (layer means; for a multi-layer scope, their mean) plus every detail."""
-    primary = primary_split or job.train_split
+def final_metrics(job: TrialJob, history: list[dict], mres: MetricsResult) -> dict[str, float]:
+    """The figures of Table 3.1 (layer means; for a multi-layer scope, their mean) plus every detail.
+
+    Per split role (SCIENCE.md §3: ``train`` = the attacked set, ``val`` = the generalization
+    split): ``{role}.{metric}``, the report's rows; counts of dead and killed units are summed
+    over the layers. The unprefixed names repeat the attacked split's figures (the MLflow
+    compare view); ``{layer}.{split}.{metric}`` keeps each layer.
+    """
+    counts = ("units_dead_init", "units_killed")  # summed over layers (SCIENCE.md §3, dead units)
+    extras = ("decoy_top5", *counts)  # decoy_top5: only attacks with a decoy class have it
     flat = {k.replace("/", "."): float(v) for k, v in mres.flat().items() if v is not None}
     out: dict[str, float] = {k: v for k, v in flat.items() if v == v}  # drop NaN
-    for name in METRIC_NAMES:
-        vals = [mres.per[(ly, primary)].means.get(name) for ly in job.layers if (ly, primary) in mres.per]
-        vals = [v for v in vals if v is not None and v == v]
-        if vals:
-            out[name] = float(sum(vals) / len(vals))
+    for split in dict.fromkeys(sp for _, sp in mres.per):
+        role = "train" if split == job.train_split else "val" if split == job.val_split else split
+        means = [mres.per[(ly, split)].means for ly in job.layers if (ly, split) in mres.per]
+        for name in (*METRIC_NAMES, *extras):
+            vals = [m[name] for m in means if m.get(name) is not None and m[name] == m[name]]
+            if not vals:
+                continue
+            value = float(sum(vals)) if name in counts else float(sum(vals) / len(vals))
+            out[f"{role}.{name}"] = value
+            if split == job.train_split:
+                out[name] = value
     if history:
         out["alpha_final"] = float(history[-1].get("alpha", 0.0))
         out["steps"] = float(history[-1]["step"])

@@ -4,6 +4,11 @@ MLflow is the record of a sweep: the report reads the trial runs back rather
 than the store, so it shows exactly what the UI shows. Only FINISHED runs
 count; a run that lacks a metric still gets its row, with a gap, because a
 report that crashes on one odd run is worse than one with an empty cell.
+
+One row per (run, split) (SCIENCE.md §3): ``split`` names where the top-k metrics come from
+(``train`` = the attacked set, ``val`` = generalization), read from the run's
+``{split}.{metric}`` finals; Acc and ΔAcc are on V for both. A run logged before the splits
+were recorded gives one row with ``split`` None, from its unprefixed finals.
 """
 
 from __future__ import annotations
@@ -22,15 +27,19 @@ from shared.pruners import PRUNERS
 
 PARAM_KEYS = ("model", "prune_method", "prune_rate", "layer", "attack")
 METRIC_KEYS = ("clip_delta", "kendall_tau", "clip_w", "kendall_tau_w", "topk_overlap", "acc", "delta_acc")
-COLUMNS = PARAM_KEYS + METRIC_KEYS
+UNIT_KEYS = ("units_dead_init", "units_killed", "decoy_top5")  # §3 dead units; decoy_top5: decoy attacks
+COLUMNS = (*PARAM_KEYS, "split", *METRIC_KEYS, *UNIT_KEYS)
+SPLIT_KEYS = (*METRIC_KEYS[:5], *UNIT_KEYS)  # per split; acc and delta_acc are on V, one value per run
+COUNT_KEYS = ("units_dead_init", "units_killed")
+SPLIT_ORDER = ("train", "val")  # the attacked set first
 VARIANT_KEYS = ("weight_pruning_rate", "filter_pruning_rate", "fine_tuned_acc")  # params of a pruned variant
 ATTACK_ORDER = ("finetune", "push-down", "push-up", "push-up-max")  # the thesis's order: the control first
 FORMATS = ("md", "csv", "json")
 
-# Markdown header -> how a row fills the cell
+# Markdown header -> how a row fills the cell ("Decoy top-5" only when a row has it)
 _MD_HEADER = (
-    "Model", "Prune", "Layer", "Attack", "CLIP-δ", "Kendall-τ", "CLIP-W", "Kτ-W", "top-k overlap", "Acc",
-    "ΔAcc pp",
+    "Model", "Prune", "Layer", "Attack", "Split", "CLIP-δ", "Kendall-τ", "CLIP-W", "Kτ-W", "top-k overlap",
+    "Acc", "ΔAcc pp", "Dead", "Killed",
 )  # fmt: skip
 
 
@@ -41,22 +50,46 @@ def _float(value: Any) -> float | None:
         return None
 
 
-def row_of(run: Run) -> dict[str, Any]:
-    """One table row from a trial run: its params and final metrics, nothing else."""
+def _splits(metrics: Mapping[str, float]) -> list[str | None]:
+    """The split roles a run logged ``{split}.{metric}`` finals for; [None] for a run without any."""
+    found = {k.split(".")[0] for k in metrics if k.count(".") == 1 and k.split(".")[1] in SPLIT_KEYS}
+    return sorted(found, key=_split_rank) or [None]
+
+
+def _split_rank(split: str | None) -> tuple[int, str]:
+    if split is None:  # before splits were recorded, the unprefixed finals were the attacked set's
+        return (0, "")
+    return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), split)
+
+
+def rows_of(run: Run) -> list[dict[str, Any]]:
+    """The table rows of a trial run, one per split: its params and final metrics, nothing else."""
     params, metrics = run.data.params, run.data.metrics
-    row: dict[str, Any] = {k: params.get(k) for k in PARAM_KEYS}
-    row["prune_rate"] = _float(row["prune_rate"])
-    if params.get("prune_priority"):  # group pruning's two settings share method and rate
-        row["prune_priority"] = params["prune_priority"]
-    row.update({k: _float(metrics.get(k)) for k in METRIC_KEYS})
-    # for the pruning tables (orchestrator.report_pruning); not columns of the main table
-    row["acc_init"] = _float(metrics.get("acc_init"))
-    row.update({k: _float(params.get(k)) for k in VARIANT_KEYS})
-    return row
+    rows = []
+    for split in _splits(metrics):
+        row: dict[str, Any] = {k: params.get(k) for k in PARAM_KEYS}
+        row["prune_rate"] = _float(row["prune_rate"])
+        row["split"] = split
+        for k in (*METRIC_KEYS, *UNIT_KEYS):
+            row[k] = _float(metrics.get(f"{split}.{k}" if split and k in SPLIT_KEYS else k))
+        row.update({k: None if row[k] is None else int(row[k]) for k in COUNT_KEYS})
+        if params.get("prune_priority"):  # group pruning's two settings share method and rate
+            row["prune_priority"] = params["prune_priority"]
+        # for the pruning tables (orchestrator.report_pruning); not columns of the main table
+        row["acc_init"] = _float(metrics.get("acc_init"))
+        row.update({k: _float(params.get(k)) for k in VARIANT_KEYS})
+        rows.append(row)
+    return rows
+
+
+def attacked_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The rows of the attacked set (split ``train``; rows without a split count as such)."""
+    return [r for r in rows if r.get("split") in ("train", None)]
 
 
 def _sort_key(row: Mapping[str, Any]) -> tuple:
-    """model, prune method (unpruned first), rate, layer, then attacks in the thesis's order (others after)."""
+    """split (the attacked set first), model, prune method (unpruned first), rate, layer, then attacks in
+    the thesis's order (others after): the first block is the thesis's table, the next its generalization."""
 
     def text(v: Any) -> tuple[bool, str]:
         return (v is None, "" if v is None else str(v))
@@ -65,8 +98,8 @@ def _sort_key(row: Mapping[str, Any]) -> tuple:
     rank = ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else len(ATTACK_ORDER)
     rate = row.get("prune_rate")
     return (
-        text(row.get("model")), _method_rank(row.get("prune_method")), (rate is None, rate or 0.0),
-        text(row.get("layer")), rank, text(attack),
+        _split_rank(row.get("split")), text(row.get("model")), _method_rank(row.get("prune_method")),
+        (rate is None, rate or 0.0), text(row.get("layer")), rank, text(attack),
     )  # fmt: skip
 
 
@@ -83,7 +116,8 @@ def sort_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def report_rows(tracking_uri: str, sweep_id: str) -> list[dict[str, Any]]:
     """The sweep's FINISHED trial runs as table rows (keys: :data:`COLUMNS`), in the thesis's order."""
-    return sort_rows([row_of(r) for r in find_child_runs(tracking_uri, sweep_id, status="FINISHED")])
+    runs = find_child_runs(tracking_uri, sweep_id, status="FINISHED")
+    return sort_rows([row for r in runs for row in rows_of(r)])
 
 
 # --------------------------------------------------------------------------- rendering
@@ -103,22 +137,34 @@ def _prune(row: Mapping[str, Any]) -> str:
     return f"{label} ({row['prune_priority']})" if row.get("prune_priority") else label
 
 
-def _md_cells(row: Mapping[str, Any]) -> list[str]:
+def _count(v: Any) -> str:
+    return "—" if v is None else str(int(v))
+
+
+def _md_cells(row: Mapping[str, Any], decoy: bool) -> list[str]:
     return [
         str(row.get("model") or "—"), _prune(row), str(row.get("layer") or "—"), str(row.get("attack") or "—"),
-        *(_num(row.get(k)) for k in METRIC_KEYS[:-1]), _num(row.get("delta_acc"), signed=True),
+        str(row.get("split") or "—"), *(_num(row.get(k)) for k in METRIC_KEYS[:-1]),
+        _num(row.get("delta_acc"), signed=True), *(_count(row.get(k)) for k in COUNT_KEYS),
+        *([_num(row.get("decoy_top5"))] if decoy else []),
     ]  # fmt: skip
 
 
 def render_md(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A Markdown table like the thesis's Table 3.1 (3 decimals, ΔAcc in signed percentage points)."""
-    lines = ["| " + " | ".join(_MD_HEADER) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * 7) + "|"]
-    lines += ["| " + " | ".join(_md_cells(r)) + " |" for r in rows]
+    """A Markdown table like the thesis's Table 3.1 (3 decimals, ΔAcc in signed percentage points), with
+    the split, the dead and killed unit counts and, when a row has it, decoy_top5."""
+    decoy = any(r.get("decoy_top5") is not None for r in rows)
+    header = [*_MD_HEADER, *(["Decoy top-5"] if decoy else [])]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] * 5 + ["---:"] * (len(header) - 5)) + "|",
+    ]
+    lines += ["| " + " | ".join(_md_cells(r, decoy)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
 def render_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The 12 keys as header; a missing value is an empty cell; numbers at full precision."""
+    """:data:`COLUMNS` as header; a missing value is an empty cell; numbers at full precision."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from orchestrator.report import attacked_rows
 from shared.pruners import get_pruner, pruner_names, report_tables, table_of
 
 
@@ -26,6 +27,7 @@ def pruning_plots(rows: Sequence[Mapping[str, Any]], out_dir: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     os.makedirs(out_dir, exist_ok=True)
+    rows = attacked_rows(rows)  # the attacked set, as in the thesis's figures
     controls = {n for n in pruner_names() if not get_pruner(n).prunes}
     base = [r for r in rows if r.get("prune_method") is None or r.get("prune_method") in controls]
     paths = []

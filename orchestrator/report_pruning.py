@@ -10,7 +10,7 @@ pruning: one per priority, like the thesis's two OTO tables), in the pruners' di
 
 The numbers come from the trial runs' params (``weight_pruning_rate``, ``filter_pruning_rate``,
 ``fine_tuned_acc``, recorded with the variant) and final metrics, so the tables show what
-MLflow shows.
+MLflow shows. Like the thesis's tables they use the attacked set's rows (split ``train``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from orchestrator.report import attacked_rows
 from shared.pruners import Pruner, report_tables, table_of
 
 Group = tuple[type[Pruner], str]  # a pruner and one of its table variants ("" when it has one)
@@ -102,6 +103,6 @@ def attack_table(group: Group, model: str, rows: Sequence[Mapping[str, Any]]) ->
 def pruning_tables(rows: Sequence[Mapping[str, Any]]) -> str:
     """All pruning tables for the methods present in ``rows`` (empty when nothing was pruned)."""
     parts = []
-    for group, model, mine in _groups(rows):
+    for group, model, mine in _groups(attacked_rows(rows)):
         parts += [variant_table(group, model, mine), attack_table(group, model, mine)]
     return "\n".join(parts)

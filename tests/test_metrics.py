@@ -12,6 +12,8 @@ from shared.metrics import (
     clip_delta,
     clip_matrix,
     clip_w,
+    dead_units,
+    decoy_in_top,
     delta_acc,
     kendall_per_unit,
     kendall_tau_b,
@@ -242,3 +244,57 @@ def test_layer_means_skip_nan_units():
         {"unit": pa.array([0, 1], pa.int64()), **{c: pa.array([np.nan, 0.5]) for c in METRIC_COLUMNS}}
     )
     assert layer_means(table) == {c: 0.5 for c in METRIC_COLUMNS}
+
+
+# --- dead units and decoy_top5 (SCIENCE.md §3 "Dead units", §2 push-up / thesis Fig. H) -------------
+
+
+def test_dead_units_from_top_scores():
+    top = np.array([[3.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1e-30, 0.0, 0.0]])
+    np.testing.assert_array_equal(dead_units(top), [False, True, False])  # any non-zero score: alive
+    with pytest.raises(ValueError, match="squared norms"):
+        dead_units(-top)
+
+
+def test_decoy_in_top_five_by_hand():
+    labels = np.array([[1, 0, 0, 0, 0, 1], [0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 1], [2, 2, 2, 2, 2, 2]])
+    np.testing.assert_array_equal(decoy_in_top(labels, 1), [1.0, 1.0, 0.0, 0.0])  # rank 5 is not top-5
+    np.testing.assert_array_equal(decoy_in_top(labels, 2, n=1), [0.0, 0.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="k >= 5"):
+        decoy_in_top(labels[:, :4], 1)
+
+
+def test_layer_means_over_units_alive_in_both_states():
+    import pyarrow as pa
+
+    # unit 0, 1 alive; 2 dead throughout; 3 killed; 4 revived (dead at the start only)
+    cd = [0.5, 0.25, 9.0, 7.0, 5.0]
+    table = pa.table({
+        "unit": pa.array(range(5), pa.int64()), **{c: pa.array(cd) for c in METRIC_COLUMNS},
+        "decoy_top5": pa.array([1.0, 0.0, 1.0, 1.0, 1.0]),
+        "dead_init": pa.array([False, False, True, False, True]),
+        "dead_final": pa.array([False, False, True, True, False]),
+    })  # fmt: skip
+    means = layer_means(table)
+    assert means == {**{c: 0.375 for c in METRIC_COLUMNS}, "decoy_top5": 0.5, "units_dead_init": 2.0,
+                     "units_killed": 1.0}  # fmt: skip
+    every_dead = table.set_column(
+        table.schema.get_field_index("dead_final"), "dead_final", pa.array([True] * 5)
+    )
+    assert np.isnan(layer_means(every_dead)["clip_delta"]) and layer_means(every_dead)["units_killed"] == 3.0
+
+
+def test_unit_metrics_adds_the_state_columns():
+    rng = np.random.default_rng(5)
+    n, j, k, d = 50, 4, 5, 8
+    init, final = rng.random((n, j)), rng.random((n, j))
+    t = topk_indices(init, np.arange(n), k)
+    e = rng.normal(size=(j, k, d))
+    kw = dict(scores_init=init, scores_final=final, topk_init=t, topk_final=t, emb_init=e, emb_final=e)
+    dead0, dead1 = np.array([0, 1, 0, 0], bool), np.array([0, 1, 1, 0], bool)
+    table = unit_metrics(**kw, units=[3, 2, 1], dead_init=dead0, dead_final=dead1, decoy_top5=np.arange(4.0))
+    assert table.column_names == ["unit", *METRIC_COLUMNS, "decoy_top5", "dead_init", "dead_final"]
+    assert table.column("dead_final").to_pylist() == [False, True, True]
+    assert table.column("decoy_top5").to_pylist() == [3.0, 2.0, 1.0]
+    with pytest.raises(ValueError, match="dead_init must have one value per unit"):
+        unit_metrics(**kw, dead_init=dead0[:3], dead_final=dead1)

@@ -34,6 +34,13 @@ def setup(tmp_path_factory):
     model, _ = build_model("alexnet_mini")
     init = save_checkpoint(model, "alexnet_mini", str(root / "init.pt"))
     same = save_checkpoint(model, "alexnet_mini", str(root / "same.pt"))  # θ = θ0, another file
+    with torch.no_grad():  # θ with conv5 units 5 and 9 killed: their filters zeroed (ReLU output 0)
+        w, b = model.features[10].weight.clone(), model.features[10].bias.clone()
+        model.features[10].weight[[5, 9]] = 0.0
+        model.features[10].bias[[5, 9]] = 0.0
+        killed = save_checkpoint(model, "alexnet_mini", str(root / "killed.pt"))
+        model.features[10].weight.copy_(w)
+        model.features[10].bias.copy_(b)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -44,7 +51,7 @@ def setup(tmp_path_factory):
     ref, _ = build_model("resnet_mini")
     ref_uri = save_checkpoint(ref, "resnet_mini", str(root / "ref.pt"))
     return {
-        "data": data, "init": init, "same": same, "perturbed": perturbed,
+        "data": data, "init": init, "same": same, "perturbed": perturbed, "killed": killed,
         "embedder": f"reference:{ref_uri}", "store": str(root / "store"),
     }  # fmt: skip
 
@@ -74,6 +81,8 @@ def _spec(setup, final: str, state: str, **kw) -> MetricsSpec:
         ({"picture_units": -1}, "MetricsSpec.picture_units"),
         ({"final_state_key": "init"}, "final_state_key"),
         ({"embedder": "no_such_embedder:x"}, "no_such_embedder"),
+        ({"decoy_class": -1}, "MetricsSpec.decoy_class"),
+        ({"decoy_class": 1, "k": 4}, "k >= 5"),
     ],
 )
 def test_spec_rejects_bad_fields(override, message):
@@ -92,6 +101,7 @@ def test_spec_defaults_and_units_normalised():
     )  # fmt: skip
     assert s.units == (1, 5) and s.layers == ("conv5",) and s.k == 10 and s.tau_images == 10_000
     assert s.splits == ("train", "val") and s.embedder == "open_clip:ViT-B-32:openai"
+    assert s.decoy_class is None and s.identity()["decoy_class"] is None  # keyed: it changes decoy_top5
     assert "device" not in s.identity() and "layers" not in s.identity()
     assert s.activations("final", "val").state_key == "s" and s.activations("init", "val").weights == "a.pt"
 
@@ -141,6 +151,90 @@ def test_before_after_has_two_rows_per_unit(setup, tmp_path):
         render_before_after(setup["data"], "val", before, after, metrics, [7], str(tmp_path / "x.png"))
 
 
+# --- dead units, killed units and decoy_top5 on hand-made activation tables (no Ray) -----------------
+
+DECOY = 3
+ALIVE = [0, 1, 4]  # unit 2 dead throughout, 3 killed by the attack, 5 dead at the start (revived)
+
+
+def _hand_split(seed: int, n: int = 40) -> dict:
+    """One split's activation tables of θ0 and θ (scores [n, 6]), ids, labels (class = id % 4)."""
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"img{i:03d}" for i in range(n)])
+    labels = np.arange(n) % 4
+    init = (rng.random((n, 6)) + 0.1).astype(np.float32)
+    init[:, [2, 5]] = 0.0
+    final = (init + 0.5 * rng.random((n, 6))).astype(np.float32)
+    final[:, [2, 3]] = 0.0
+    final[:, 5] = rng.random(n) + 0.1
+    final[np.flatnonzero(labels == DECOY)[:2], :2] = 10.0  # units 0 and 1: a decoy image on top
+    final[labels == DECOY, 4] = 1e-3  # unit 4: alive, but no decoy image in its top-5
+    return {"ids": ids, "labels": labels, "init": init, "final": final}
+
+
+def _topk_of(split: dict, state: str, k: int) -> pa.Table:
+    """What jobs.topk.run_topk makes of the table (the same accumulator)."""
+    acc = StreamingTopK(6, k)
+    acc.update(split[state], split["ids"], split["labels"])
+    return acc.table()
+
+
+def _hand_tables(k: int = 5) -> dict[str, pa.Table]:
+    from jobs.metrics import _layer_tables
+    from jobs.metrics_inputs import emb_array, set_array, unit_states
+
+    splits = {"train": _hand_split(0), "val": _hand_split(1)}
+    rng = np.random.default_rng(2)
+    inputs, states = {}, {}
+    for sp, d in splits.items():
+        emb = {i: rng.normal(size=8) for i in d["ids"]}
+        topks = [_topk_of(d, st, k) for st in ("init", "final")]
+        sets = [set_array(t, 6, k) for t in topks]
+        inputs[sp] = (*sets, *(emb_array(x, emb) for x in sets))
+        states[sp] = unit_states(topks, 6, k, DECOY)
+    val = splits["val"]  # D_τ = V
+    return _layer_tables(val["init"], val["final"], np.arange(6), inputs, states)
+
+
+def test_dead_and_killed_units_are_counted_not_averaged():
+    from shared.metrics import layer_means
+
+    tables = _hand_tables()
+    for sp, table in tables.items():
+        c = _columns(table)
+        assert table.column_names == [*COLUMNS, "decoy_top5", "dead_init", "dead_final"]
+        assert list(c["dead_init"]) == [False, False, True, False, False, True]
+        assert list(c["dead_final"]) == [False, False, True, True, False, False]
+        assert np.isnan(c["kendall_tau"][[2, 3, 5]]).all()  # no ranking: τ undefined
+        assert not np.isnan(c["clip_delta"][[2, 3]]).any()  # an arbitrary top-k still gives a number
+        means = layer_means(table)
+        assert (means["units_dead_init"], means["units_killed"]) == (2.0, 1.0)
+        for name in (*COLUMNS[1:], "decoy_top5"):  # every column: the same three units
+            assert means[name] == pytest.approx(np.mean(c[name][ALIVE])), (sp, name)
+        assert means["clip_delta"] != pytest.approx(np.mean(c["clip_delta"]))  # the old, all-unit mean
+        # decoy_top5: units 0 and 1 of the three; the killed unit's arbitrary top-5 (first ids) holds
+        # a decoy image (img003) but does not count
+        assert list(c["decoy_top5"][:5]) == [1.0, 1.0, 1.0, 1.0, 0.0]
+        assert means["decoy_top5"] == pytest.approx(2 / 3)
+    np.testing.assert_array_equal(tables["train"]["kendall_tau"], tables["val"]["kendall_tau"])
+
+
+def test_manifest_carries_the_counts_and_the_dead_units(tmp_path):
+    from jobs.metrics import _commit
+
+    table = _hand_tables()["train"]
+    spec = MetricsSpec(
+        dataset="/d", model="alexnet_mini", variant_key="v", init_weights="a.pt", final_weights="b.pt",
+        final_state_key="s", embedder="reference:/nowhere/ref.pt", picture_units=0, decoy_class=DECOY,
+    )  # fmt: skip
+    out = str(tmp_path / "m")
+    m = _commit(spec, ("conv5", "train"), out, "key1", table, (50.0, 49.5), (None, None), None, {})
+    man = store.read_manifest(out)
+    assert man["dead"] == {"init": [2, 5], "killed": [3]} and man["spec"]["decoy_class"] == DECOY
+    assert man["means"] == m.means and m.means["units_killed"] == 1.0 and m.delta_acc == -0.5
+    assert read_unit_metrics(out).column_names[-3:] == ["decoy_top5", "dead_init", "dead_final"]
+
+
 # --- on Ray ------------------------------------------------------------------------------------
 
 
@@ -158,8 +252,8 @@ def test_identity_model_gives_identity_metrics(setup, ray_local):
             f"/metrics/model=v0/state=identity/layer={layer}/split={split}"
         )
         table = read_unit_metrics(m.uri)
-        assert table.column_names == COLUMNS
-        assert pq.read_schema(store.local_path(m.table_uri)).names == COLUMNS
+        assert table.column_names == [*COLUMNS, "dead_init", "dead_final"]
+        assert pq.read_schema(store.local_path(m.table_uri)).names == [*COLUMNS, "dead_init", "dead_final"]
         c = _columns(table)
         n_units = store.read_manifest(res.activations[("init", split)][layer])["units"]
         assert list(c["unit"]) == list(range(n_units))
@@ -229,3 +323,32 @@ def test_perturbed_model_moves_topk_sets(setup, ray_local):
     assert not np.array_equal(tr["topk_overlap"], va["topk_overlap"]) or not np.array_equal(
         tr["clip_delta"], va["clip_delta"]
     )
+
+
+@pytest.mark.slow
+def test_killed_units_on_ray(setup, ray_local):
+    """Two conv5 filters zeroed: their units die; they are counted, not averaged (SCIENCE.md §3)."""
+    from jobs.activations import read_table
+    from shared.metrics import layer_means
+
+    spec = _spec(setup, "killed", "killed", layers=("conv5",), decoy_class=0, picture_units=2)
+    res = run_metrics(spec, setup["store"])
+    for split in ("train", "val"):
+        m = res.per[("conv5", split)]
+        table = read_unit_metrics(m.uri)
+        c = _columns(table)
+        dead = [
+            ~(read_table(res.activations[(st, split)]["conv5"])[2] != 0).any(axis=0)
+            for st in ("init", "final")
+        ]
+        np.testing.assert_array_equal(c["dead_init"], dead[0])
+        np.testing.assert_array_equal(c["dead_final"], dead[1])
+        killed = np.flatnonzero(~dead[0] & dead[1])
+        assert set(killed) == {5, 9} - set(np.flatnonzero(dead[0]))
+        alive = ~dead[0] & ~dead[1]
+        assert m.means == layer_means(table) and m.means["units_killed"] == len(killed)
+        assert m.means["units_dead_init"] == dead[0].sum()
+        assert m.means["clip_delta"] == pytest.approx(np.nanmean(c["clip_delta"][alive]))
+        assert 0.0 <= m.means["decoy_top5"] <= 1.0
+        assert not set(m.picture_units) & set(np.flatnonzero(~alive))  # a dead unit's top-k is arbitrary
+        assert store.read_manifest(m.uri)["dead"]["killed"] == killed.tolist()

@@ -53,6 +53,14 @@ def test_one_model_table_and_one_attack_table_per_method_in_the_thesis_order():
     assert lines[lines.index(titles[7]) + 4].startswith("| 4 | conv5 | push-down | 0.125 |")
 
 
+def test_tables_and_figures_use_the_attacked_split(tmp_path):
+    train = [{**r, "split": "train"} for r in ROWS]
+    val = [{**r, "split": "val", "clip_delta": 9.0, "prune_rate": r["prune_rate"] + 0.01} for r in ROWS]
+    assert pruning_tables(train + val) == pruning_tables(train) == pruning_tables(ROWS)
+    assert pruning_tables(val) == ""  # the generalization rows alone: nothing from the attacked set
+    assert pruning_plots(val, str(tmp_path)) == []
+
+
 def test_nothing_pruned_means_no_tables_and_no_figures(tmp_path):
     assert pruning_tables([_row("none", 0.0, "push-down")]) == ""
     assert pruning_plots([_row("none", 0.0, "push-down")], str(tmp_path)) == []

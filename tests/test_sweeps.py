@@ -106,8 +106,10 @@ def test_local_sweep_report_status_and_second_launch_trains_nothing(root, capsys
         _assert_no_duplicate_steps(first.tracking_uri, r)
         if r.data.params["attack"] != "finetune":  # every α decision is logged
             assert [m.step for m in _client(first).get_metric_history(r.info.run_id, "alpha_next")]
-    rows = report_rows(first.tracking_uri, first.sweep_id)
-    assert [r["attack"] for r in rows] == ["finetune", "push-down", "push-up"]
+    rows = report_rows(first.tracking_uri, first.sweep_id)  # one row per (run, split): train first
+    assert [(r["split"], r["attack"]) for r in rows] == [
+        (sp, a) for sp in ("train", "val") for a in ("finetune", "push-down", "push-up")
+    ]
 
     second = launch(spec, quiet=True)
     assert (second.sweep_id, second.trained, second.reused) == (first.sweep_id, 0, 3)
@@ -116,9 +118,10 @@ def test_local_sweep_report_status_and_second_launch_trains_nothing(root, capsys
     store_arg = ["--store", spec.store]
     assert main(["report", first.sweep_id, *store_arg, "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["sweep"] == first.sweep_id and len(doc["rows"]) == 3
-    assert set(doc["rows"][0]) == {"model", "prune_method", "prune_rate", "layer", "attack", "clip_delta",
-                                   "kendall_tau", "clip_w", "kendall_tau_w", "topk_overlap", "acc", "delta_acc"}  # fmt: skip
+    assert doc["sweep"] == first.sweep_id and len(doc["rows"]) == 6
+    assert set(doc["rows"][0]) == {"model", "prune_method", "prune_rate", "layer", "attack", "split", "clip_delta",
+                                   "kendall_tau", "clip_w", "kendall_tau_w", "topk_overlap", "acc", "delta_acc",
+                                   "units_dead_init", "units_killed", "decoy_top5"}  # fmt: skip
     assert main(["status", *store_arg]) == 0
     out = capsys.readouterr().out
     assert first.sweep_id in out and "done" in out

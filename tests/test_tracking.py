@@ -200,21 +200,27 @@ def test_report_rows_and_formats(uri):
     ]  # fmt: skip
     assert all(list(r)[: len(COLUMNS)] == list(COLUMNS) for r in rows)
     assert rows[1]["acc_init"] is None and rows[1]["fine_tuned_acc"] is None  # extras: the pruning tables
+    # runs logged before the splits were recorded: one row each, split None
     assert {k: rows[1][k] for k in COLUMNS} == {
         "model": "alexnet", "prune_method": "l1", "prune_rate": 0.5, "layer": "conv5", "attack": "finetune",
-        "clip_delta": 0.0625, "kendall_tau": 0.875, "clip_w": 0.375, "kendall_tau_w": 0.625,
-        "topk_overlap": 0.5, "acc": 82.5, "delta_acc": -1.5,
+        "split": None, "clip_delta": 0.0625, "kendall_tau": 0.875, "clip_w": 0.375, "kendall_tau_w": 0.625,
+        "topk_overlap": 0.5, "acc": 82.5, "delta_acc": -1.5, "units_dead_init": None, "units_killed": None,
+        "decoy_top5": None,
     }  # fmt: skip
     assert rows[3]["clip_w"] is None and rows[3]["delta_acc"] is None  # the run without them
 
     md = render(rows, "md").splitlines()
     assert md[0] == (
-        "| Model | Prune | Layer | Attack | CLIP-δ | Kendall-τ | CLIP-W | Kτ-W | top-k overlap | Acc | ΔAcc pp |"
+        "| Model | Prune | Layer | Attack | Split | CLIP-δ | Kendall-τ | CLIP-W | Kτ-W | top-k overlap | Acc "
+        "| ΔAcc pp | Dead | Killed |"
     )
     assert md[3] == (
-        "| alexnet | l1 0.5 | conv5 | finetune | 0.062 | 0.875 | 0.375 | 0.625 | 0.500 | 82.500 | -1.500 |"
+        "| alexnet | l1 0.5 | conv5 | finetune | — | 0.062 | 0.875 | 0.375 | 0.625 | 0.500 | 82.500 | -1.500 "
+        "| — | — |"
     )
-    assert md[5] == "| alexnet | l1 0.5 | conv5 | push-up | 0.500 | 0.125 | — | — | — | 80.000 | — |"
+    assert (
+        md[5] == "| alexnet | l1 0.5 | conv5 | push-up | — | 0.500 | 0.125 | — | — | — | 80.000 | — | — | — |"
+    )
     assert len(md) == 2 + 4
 
     parsed = list(csv.DictReader(io.StringIO(render(rows, "csv"))))
@@ -226,6 +232,75 @@ def test_report_rows_and_formats(uri):
     assert doc["sweep"] == "sw-report" and doc["rows"] == [{k: r[k] for k in COLUMNS} for r in rows]
     with pytest.raises(ValueError, match="report format"):
         render(rows, "xlsx")
+
+
+def _layer_split(layer: str, split: str, means: dict[str, float]):
+    from jobs.metrics import LayerSplitMetrics
+
+    return LayerSplitMetrics(layer, split, "u", "t", None, [], means, 80.0, 81.0, -1.0, "k", True)
+
+
+def _mres(decoy: bool):
+    """Metrics of a two-layer trial on both splits, as the metrics stage returns them."""
+    from jobs.metrics import MetricsResult
+
+    per = {}
+    for i, ly in enumerate(("conv4", "conv5")):
+        for j, sp in enumerate(("train", "val")):
+            means = {"clip_delta": 0.25 * (i + 1) + j, "kendall_tau": 0.5, "clip_w": 1.0, "kendall_tau_w": 0.5,
+                     "topk_overlap": 0.125 * (j + 1), "units_dead_init": float(i), "units_killed": 2.0 + j}  # fmt: skip
+            if decoy:
+                means["decoy_top5"] = 0.5 + 0.25 * i - 0.5 * j
+            per[(ly, sp)] = _layer_split(ly, sp, means)
+    return MetricsResult(per, {}, True, 0.0)
+
+
+def test_report_rows_name_the_split_both_splits_are_rows(uri):
+    from types import SimpleNamespace
+
+    from jobs.runners import final_metrics
+
+    plan = SimpleNamespace(layers=("conv4", "conv5"), train_split="train", val_split="val")
+    final = final_metrics(plan, [{"step": 3, "alpha": 0.25}], _mres(decoy=True))
+    assert final["train.clip_delta"] == final["clip_delta"] == 0.375  # layer mean; unprefixed: train
+    assert final["val.clip_delta"] == 1.375 and final["val.topk_overlap"] == 0.25
+    assert final["train.units_killed"] == 4.0 and final["val.units_killed"] == 6.0  # summed over layers
+    assert final["train.units_dead_init"] == 1.0 and final["conv5.val.units_killed"] == 3.0
+    assert final["train.decoy_top5"] == final["decoy_top5"] == 0.625 and final["val.decoy_top5"] == 0.125
+    t = SweepTracker(uri, "exp")
+    parent = t.parent("sw-split", {}, {})
+    for i, (attack, decoy) in enumerate((("push-up", True), ("push-down", False))):
+        params = {"model": "m", "prune_method": "none", "prune_rate": "0.0", "layer": "conv4+conv5",
+                  "attack": attack}  # fmt: skip
+        run = TrialRun.open(uri, t.experiment_id, parent, f"t{i}", attack, params, {})
+        run.log_final(final_metrics(plan, [], _mres(decoy)))
+        run.finish()
+    rows = report_rows(uri, "sw-split")
+    assert [(r["split"], r["attack"]) for r in rows] == [
+        ("train", "push-down"), ("train", "push-up"), ("val", "push-down"), ("val", "push-up"),
+    ]  # fmt: skip
+    assert rows[1]["units_killed"] == 4 and rows[3]["units_killed"] == 6 and rows[3]["units_dead_init"] == 1
+    assert rows[1]["decoy_top5"] == 0.625 and rows[3]["decoy_top5"] == 0.125 and rows[0]["decoy_top5"] is None
+    assert rows[2]["clip_delta"] == 1.375 and rows[2]["acc"] == 80.0 and rows[2]["delta_acc"] == -1.0
+
+    md = render(rows, "md").splitlines()
+    assert md[0].startswith("| Model | Prune | Layer | Attack | Split | CLIP-δ |")
+    assert md[0].endswith("| ΔAcc pp | Dead | Killed | Decoy top-5 |")
+    assert (
+        md[2] == "| m | none 0 | conv4+conv5 | push-down | train | 0.375 | 0.500 | 1.000 | 0.500 | 0.125 "
+        "| 80.000 | -1.000 | 1 | 4 | — |"
+    )
+    assert md[5].startswith("| m | none 0 | conv4+conv5 | push-up | val | 1.375 |") and md[5].endswith(
+        "| 1 | 6 | 0.125 |"
+    )
+    parsed = list(csv.DictReader(io.StringIO(render(rows, "csv"))))
+    assert [(p["split"], p["units_killed"], p["decoy_top5"]) for p in parsed] == [
+        ("train", "4", ""), ("train", "4", "0.625"), ("val", "6", ""), ("val", "6", "0.125"),
+    ]  # fmt: skip
+    doc = json.loads(render(rows, "json", sweep="sw-split"))
+    assert [(r["split"], r["units_killed"], r["decoy_top5"]) for r in doc["rows"]] == [
+        ("train", 4, None), ("train", 4, 0.625), ("val", 6, None), ("val", 6, 0.125),
+    ]  # fmt: skip
 
 
 def test_report_of_unknown_sweep_is_empty(uri):

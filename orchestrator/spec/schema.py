@@ -269,7 +269,9 @@ class SweepSpec(_Section):
     ray_address: Text | None = None  # null: local Ray, or the cluster in RAY_ADDRESS
     # Python modules that register out-of-tree plugins (a family, its attacks, a data provider);
     # imported before the spec is read, and by every trial worker.
-    plugins: tuple[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")], ...] = ()
+    plugins: tuple[
+        Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")], ...
+    ] = ()
 
     @model_validator(mode="after")
     def _complete(self) -> SweepSpec:

@@ -1,11 +1,17 @@
 """Interpretation metrics of SCIENCE.md §3: Kendall τ_b, Kτ-W, CLIP-δ, CLIP-W, top-k overlap, accuracy."""
 
 from shared.metrics.interp import (
+    COUNTS,
+    DEAD_COLUMNS,
+    DECOY,
     METRIC_COLUMNS,
     accuracy,
+    alive_units,
     clip_delta,
     clip_matrix,
     clip_w,
+    dead_units,
+    decoy_in_top,
     delta_acc,
     kendall_per_unit,
     kendall_tau_w,
@@ -13,18 +19,25 @@ from shared.metrics.interp import (
     topk_indices,
     topk_overlap,
     unit_metrics,
+    unit_state_columns,
 )
 from shared.metrics.kendall import kendall_tau_b, kendall_tau_diag, kendall_tau_matrix
 from shared.metrics.registry import METRICS, MetricInfo, get_metric, metric_names, register_metric
 
 __all__ = [
+    "COUNTS",
+    "DEAD_COLUMNS",
+    "DECOY",
     "METRICS",
     "METRIC_COLUMNS",
     "MetricInfo",
     "accuracy",
+    "alive_units",
     "clip_delta",
     "clip_matrix",
     "clip_w",
+    "dead_units",
+    "decoy_in_top",
     "delta_acc",
     "get_metric",
     "kendall_per_unit",
@@ -38,4 +51,5 @@ __all__ = [
     "topk_indices",
     "topk_overlap",
     "unit_metrics",
+    "unit_state_columns",
 ]

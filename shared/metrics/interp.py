@@ -19,11 +19,17 @@ import pyarrow as pa
 from shared.metrics.kendall import kendall_tau_diag, kendall_tau_matrix
 
 __all__ = [
+    "COUNTS",
+    "DEAD_COLUMNS",
+    "DECOY",
     "METRIC_COLUMNS",
     "accuracy",
+    "alive_units",
     "clip_delta",
     "clip_matrix",
     "clip_w",
+    "dead_units",
+    "decoy_in_top",
     "delta_acc",
     "kendall_per_unit",
     "kendall_tau_w",
@@ -31,9 +37,13 @@ __all__ = [
     "topk_indices",
     "topk_overlap",
     "unit_metrics",
+    "unit_state_columns",
 ]
 
 METRIC_COLUMNS = ("kendall_tau", "kendall_tau_w", "clip_delta", "clip_w", "topk_overlap")
+DECOY = "decoy_top5"  # per unit 1.0/0.0: a decoy-class image in the final top-5 (thesis Fig. H)
+DEAD_COLUMNS = ("dead_init", "dead_final")  # per unit: score 0 on every image of the split (§3)
+COUNTS = ("units_dead_init", "units_killed")  # per layer: dead at the start; alive before, dead after
 
 
 def topk_indices(scores: np.ndarray, image_ids: np.ndarray, k: int) -> np.ndarray:
@@ -210,6 +220,9 @@ def unit_metrics(
     emb_init: np.ndarray,
     emb_final: np.ndarray,
     units: Sequence[int] | np.ndarray | None = None,
+    dead_init: np.ndarray | None = None,
+    dead_final: np.ndarray | None = None,
+    decoy_top5: np.ndarray | None = None,
 ) -> pa.Table:
     """Per-unit §3 metrics of one layer -> table: unit (int64) and METRIC_COLUMNS (float64).
 
@@ -218,7 +231,9 @@ def unit_metrics(
       indices or ids (e.g. from :func:`topk_indices`); only compared with each other;
     - ``emb_init``/``emb_final`` [J, k, d]: e(x) of those images, in the same order;
     - ``units``: the rows to report (e.g. the attacked units; default all). Maxima over i≠j and
-      the CLIP-δ normalizer always run over all J units of the layer.
+      the CLIP-δ normalizer always run over all J units of the layer;
+    - ``dead_init``/``dead_final`` [J] bool (see :func:`dead_units`) and ``decoy_top5`` [J] (see
+      :func:`decoy_in_top`), optional: added as columns of the same names (after the metrics).
     """
     init = np.asarray(scores_init)
     final = np.asarray(scores_final)
@@ -251,17 +266,83 @@ def unit_metrics(
     columns.update(
         {name: pa.array(np.asarray(values[name], np.float64), pa.float64()) for name in METRIC_COLUMNS}
     )
+    columns.update(unit_state_columns(j, u, dead_init, dead_final, decoy_top5))
     return pa.table(columns)
 
 
-def layer_means(table: pa.Table) -> dict[str, float]:
-    """Layer figures: mean of each metric over the table's rows (the attacked units).
+def unit_state_columns(
+    j: int,
+    units: np.ndarray,
+    dead_init: np.ndarray | None,
+    dead_final: np.ndarray | None,
+    decoy_top5: np.ndarray | None = None,
+) -> dict[str, pa.Array]:
+    """The optional per-unit columns (decoy_top5, dead_init, dead_final) for rows ``units`` of [J] arrays."""
+    out: dict[str, pa.Array] = {}
+    for name, arr, typ in (
+        (DECOY, decoy_top5, pa.float64()),
+        ("dead_init", dead_init, pa.bool_()),
+        ("dead_final", dead_final, pa.bool_()),
+    ):
+        if arr is None:
+            continue
+        arr = np.asarray(arr)
+        if arr.shape != (j,):
+            raise ValueError(f"{name} must have one value per unit of the layer ({j}), got shape {arr.shape}")
+        out[name] = pa.array(arr[units].astype(np.float64 if name == DECOY else bool), typ)
+    return out
 
-    Units whose value is NaN (a constant score column has no Kendall τ) are left out of that
-    metric's mean; a metric with no value at all is NaN.
+
+def dead_units(top_scores: np.ndarray) -> np.ndarray:
+    """[J, k] top-k scores of each unit on a split -> [J] bool: score 0 on every image (§3, dead units).
+
+    Scores are squared norms (SCIENCE.md §1), never negative, so the top-k scores are all 0
+    exactly when every score of the split is: no pass over the whole table is needed.
     """
+    top_scores = np.asarray(top_scores)
+    if top_scores.ndim != 2:
+        raise ValueError(f"top_scores must be [n_units, k], got shape {top_scores.shape}")
+    if (top_scores < 0).any():
+        raise ValueError("top_scores has negative values; unit scores are squared norms (SCIENCE.md §1)")
+    return ~(top_scores != 0).any(axis=1)
+
+
+def decoy_in_top(top_labels: np.ndarray, decoy_class: int, n: int = 5) -> np.ndarray:
+    """[J, k] labels of each unit's top-k images (rank order) -> [J] 1.0 where a decoy-class image is
+    among the first ``n`` (thesis Fig. H: push-up's goal, a goldfish in the top-5), else 0.0."""
+    top_labels = np.asarray(top_labels)
+    if top_labels.ndim != 2 or top_labels.shape[1] < n:
+        raise ValueError(f"top_labels must be [n_units, k] with k >= {n}, got shape {top_labels.shape}")
+    return (top_labels[:, :n] == decoy_class).any(axis=1).astype(np.float64)
+
+
+def alive_units(table: pa.Table) -> np.ndarray:
+    """[rows] bool: alive in both states (no dead column: every unit is alive)."""
+    alive = np.ones(table.num_rows, bool)
+    for name in DEAD_COLUMNS:
+        if name in table.column_names:
+            alive &= ~table.column(name).to_numpy(zero_copy_only=False).astype(bool)
+    return alive
+
+
+def layer_means(table: pa.Table) -> dict[str, float]:
+    """Layer figures: mean of each metric over the table's rows (the attacked units) alive in both states.
+
+    SCIENCE.md §3, dead units: a unit dead before or after has no top-k and no ranking, so every
+    column averages the same units, those alive in both states; the dead are counted instead
+    (``units_dead_init``, ``units_killed``: alive before, dead after; only with the dead columns).
+    ``decoy_top5``, when the table has it, is the share of those units with a decoy in the top-5.
+    Units whose value is NaN (a score column constant on D_τ has no Kendall τ) are left out of
+    that metric's mean; a metric with no value at all is NaN.
+    """
+    alive = alive_units(table)
     out: dict[str, float] = {}
-    for name in METRIC_COLUMNS:
-        v = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+    for name in (*METRIC_COLUMNS, *([DECOY] if DECOY in table.column_names else [])):
+        v = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)[alive]
         out[name] = float(np.mean(v[~np.isnan(v)])) if (~np.isnan(v)).any() else float("nan")
+    if all(name in table.column_names for name in DEAD_COLUMNS):
+        d0, d1 = (table.column(n).to_numpy(zero_copy_only=False).astype(bool) for n in DEAD_COLUMNS)
+        dead_init, killed = COUNTS
+        out[dead_init] = float(d0.sum())
+        out[killed] = float((~d0 & d1).sum())
     return out
