@@ -2,7 +2,7 @@
 
 The orchestrator plans a :class:`TrialJob` (JSON-able, family-agnostic), asks the runner the
 family record names (``AttackFamily.runner``) for its keys and stored result, and runs it with
-the hooks of a Tune trial. ``finetune`` is the shared fine-tuning loop (``jobs.attack``) plus
+the hooks of a Tune trial. ``finetuning`` is the shared fine-tuning loop (``jobs.attack``) plus
 the unit-metrics stage (``jobs.metrics``); families that perturb inputs register their own.
 No Tune or MLflow here: ``report`` and ``alpha_source`` come from the caller.
 """
@@ -116,7 +116,7 @@ def runner_for(attack: str) -> Runner:
 class FineTuneRunner(Runner):
     """The shared fine-tuning loop (Eq. 5 with the attack's loss hooks), then the §3 metrics."""
 
-    name = "finetune"
+    name = "finetuning"
 
     def attack_spec(self, job: TrialJob, **execution: Any) -> AttackSpec:
         """The loop's spec; ``execution`` overrides settings (execution-only ones, or max_steps in tests)."""

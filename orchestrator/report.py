@@ -23,6 +23,7 @@ from typing import Any
 from mlflow.entities import Run
 
 from orchestrator.tracking import find_child_runs
+from shared.attacks import attack_order
 from shared.pruners import PRUNERS
 
 PARAM_KEYS = ("model", "prune_method", "prune_rate", "layer", "attack")
@@ -33,7 +34,6 @@ SPLIT_KEYS = (*METRIC_KEYS[:5], *UNIT_KEYS)  # per split; acc and delta_acc are 
 COUNT_KEYS = ("units_dead_init", "units_killed")
 SPLIT_ORDER = ("train", "val")  # the attacked set first
 VARIANT_KEYS = ("weight_pruning_rate", "filter_pruning_rate", "fine_tuned_acc")  # params of a pruned variant
-ATTACK_ORDER = ("finetune", "push-down", "push-up", "push-up-max")  # the thesis's order: the control first
 FORMATS = ("md", "csv", "json")
 
 # Markdown header -> how a row fills the cell ("Decoy top-5" only when a row has it)
@@ -95,7 +95,7 @@ def _sort_key(row: Mapping[str, Any]) -> tuple:
         return (v is None, "" if v is None else str(v))
 
     attack = row.get("attack")
-    rank = ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else len(ATTACK_ORDER)
+    rank = attack_order(str(attack))  # as the families declare it: the control first
     rate = row.get("prune_rate")
     return (
         _split_rank(row.get("split")), text(row.get("model")), _method_rank(row.get("prune_method")),

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orchestrator.report import attacked_rows
+from shared.attacks import attack_order
 from shared.pruners import Pruner, report_tables, table_of
 
 Group = tuple[type[Pruner], str]  # a pruner and one of its table variants ("" when it has one)
@@ -80,8 +81,7 @@ def attack_table(group: Group, model: str, rows: Sequence[Mapping[str, Any]]) ->
     """Tables C–F: the attack metrics on each pruned model, attacks grouped, rates ascending."""
     pruner, variant = group
     t = pruner.tables[variant]
-    order = {"finetune": 0, "push-down": 1, "push-up": 2, "push-up-max": 3}
-    ordered = sorted(rows, key=lambda r: (order.get(str(r.get("attack")), 3), str(r.get("attack")),
+    ordered = sorted(rows, key=lambda r: (attack_order(str(r.get("attack"))), str(r.get("attack")),
                                           str(r.get("layer")), r.get("prune_rate") or 0.0))  # fmt: skip
     head = [t.rate_name, "Layer", "Attack", "CLIP-δ", "Kendall-τ", "CLIP-W", "Kτ-W", "Init Acc", "Final Acc",
             "ΔAcc pp"]  # fmt: skip

@@ -7,7 +7,7 @@ It declares (ARCHITECTURE.md "Attack families are plugins"):
 - ``config``: the pydantic model of one ``attacks[i]`` entry of a sweep spec, with a
   ``name: Literal[...]`` field naming the family's attacks (the spec's discriminated union
   is built from every family's config);
-- ``runner``: the job-level runner that trains and evaluates its trials (``"finetune"``:
+- ``runner``: the job-level runner that trains and evaluates its trials (``"finetuning"``:
   the shared fine-tuning loop with the attacks' loss hooks and the unit-metrics stage);
 - ``metrics`` and ``report_columns``: metric names (``shared.metrics`` registry) in the
   order the report shows them;
@@ -51,7 +51,7 @@ class AttackFamily:
     description: ClassVar[str] = ""
     config: ClassVar[type[AttackConfig]] = AttackConfig
     attacks: ClassVar[tuple[str, ...]] = ()  # registered attack names, in report order (control first)
-    runner: ClassVar[str] = "finetune"  # jobs-level runner (jobs.runners)
+    runner: ClassVar[str] = "finetuning"  # jobs-level runner (jobs.runners)
     data: ClassVar[str] = ""  # jobs-level data provider the runner prepares the attack's inputs with
     metrics: ClassVar[tuple[str, ...]] = ()  # metric registry names this family's trials produce
     report_columns: ClassVar[tuple[str, ...]] = ()  # metric names shown in the report, in order

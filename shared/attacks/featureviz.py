@@ -67,7 +67,7 @@ class FeatureViz(AttackFamily):
     description = __doc__
     config = FeatureVizAttack
     attacks = ("finetune", "push-down", "push-up", "push-up-pairwise")  # control first (Table 3.1)
-    runner = "finetune"
+    runner = "finetuning"
     data = "unit-targets"
     metrics = ("clip_delta", "kendall_tau", "clip_w", "kendall_tau_w", "topk_overlap", "acc", "delta_acc")
     report_columns = metrics

@@ -2,7 +2,7 @@
 
 ``push-random-up`` pushes a fixed, seeded random set of training images above each unit's
 best training image: the push-up loss of SCIENCE.md §2 with a random set instead of a decoy
-class. It reuses the shared fine-tuning loop (runner ``finetune``) and the unit metrics; its
+class. It reuses the shared fine-tuning loop (runner ``finetuning``) and the unit metrics; its
 own parts are the config, the attack's hook and the data provider. A sweep loads it with
 ``plugins: [tests.plugins.random_set]``.
 """
@@ -67,7 +67,7 @@ class RandomSet(AttackFamily):
     name = "random-set"
     config = RandomSetAttack
     attacks = ("push-random-up",)
-    runner = "finetune"
+    runner = "finetuning"
     data = "random-set"
     metrics = ("clip_delta", "kendall_tau", "topk_overlap", "acc", "delta_acc")
     report_columns = metrics
