@@ -197,3 +197,21 @@ def decode_ids(spec: AttackSpec, split: str, ids: list[str]) -> tuple[torch.Tens
             f"none of the {len(ids)} images picked from split {split!r} of {spec.dataset} decodes"
         )
     return torch.from_numpy(np.stack(good)), keep
+
+
+@register_provider("saliency")
+def saliency_inputs(spec: AttackSpec, store_uri: str, device: torch.device) -> dict[str, torch.Tensor] | None:
+    """Heo's families: nothing beyond the labelled stream, but Active fooling's training collages."""
+    cfg = spec.config
+    if cfg.get("kind") != "active":
+        return None
+    from jobs.collages import CollageSpec, read_collages, run_collages
+
+    c1, c2 = cfg["classes"]
+    res = run_collages(
+        CollageSpec(dataset=spec.dataset, c1=int(c1), c2=int(c2), images=int(cfg["collages"]),
+                    train_split=spec.train_split, heldout_split=spec.eval_split, seed=spec.seed),
+        store_uri,
+    )  # fmt: skip
+    pixels, a, b = read_collages(res.uri, "train", model_info(spec.model).preprocess)
+    return {"collages": pixels.to(device), "c1": a.to(device), "c2": b.to(device)}

@@ -56,6 +56,10 @@ class CollageSpec:
         if not isinstance(self.tile, int) or self.tile < 8:
             raise ValueError(f"CollageSpec.tile={self.tile!r}: must be an integer >= 8 pixels")
 
+    def key(self, dataset_id: str) -> str:
+        """Content key of the set (its folder is ``collage_dir(store, key)``)."""
+        return store.content_key(self, dataset_id, CODE_VERSION)
+
     def counts(self) -> dict[str, int]:
         """Train / held-out collages in Heo's 11:2 proportion, at least one of each."""
         heldout = min(max(1, round(self.images * HEO_HELDOUT / (HEO_TRAIN + HEO_HELDOUT))), self.images - 1)
@@ -76,7 +80,7 @@ def collage_dir(store_uri: str, key: str) -> str:
 
 def run_collages(spec: CollageSpec, store_uri: str) -> CollageResult:
     """Build (or reuse) the collage set of ``spec`` and commit it with a manifest."""
-    key = store.content_key(spec, dataset_id(spec.dataset), CODE_VERSION)
+    key = spec.key(dataset_id(spec.dataset))
     out = collage_dir(store_uri, key)
     done = store.read_manifest(out)
     if done is not None:

@@ -194,6 +194,80 @@ class FineTuneRunner(Runner):
         return TrialOutcome(akey, model_uri, history, final, artifacts, tables, broken)
 
 
+@register_runner
+class SaliencyRunner(FineTuneRunner):
+    """Heo et al.'s fooling: the shared loop (the attack's own losses, eval mode), then FSR (§6)."""
+
+    name = "saliency"
+
+    def eval_spec(self, job: TrialJob, store_uri: str, dataset_id: str):
+        from jobs.saliency_eval import SaliencyEvalSpec
+
+        c = job.config
+        akey = self.attack_key(job, dataset_id)
+        collages = None
+        if c.get("kind") == "active":
+            from jobs.collages import CollageSpec, collage_dir
+
+            cs = CollageSpec(dataset=job.dataset, c1=int(c["classes"][0]), c2=int(c["classes"][1]),
+                             images=int(c["collages"]), train_split=job.train_split, heldout_split=job.val_split,
+                             seed=job.seed)  # fmt: skip
+            collages = collage_dir(store_uri, cs.key(dataset_id))
+        return SaliencyEvalSpec(
+            dataset=job.dataset, model=job.model, variant_key=job.variant_key, init_weights=job.weights,
+            final_weights=store.join(model_dir(store_uri, akey), "model.pt"), final_state_key=akey,
+            kind=c.get("kind"), interpreters=tuple(c["tested"]), layer=job.layers[0], split=job.val_split,
+            images=int(c["test_images"]), seed=job.seed, collages=collages, picture_images=int(c["picture_images"]),
+        )  # fmt: skip
+
+    def trial_key(self, job: TrialJob, dataset_id: str) -> str:
+        e = self.eval_spec(job, "/", dataset_id)
+        return store.content_key(self.attack_key(job, dataset_id), e.key(dataset_id))
+
+    def stored(self, job: TrialJob, store_uri: str) -> TrialOutcome | None:
+        from jobs.saliency_eval import committed_eval
+        from shared.dataset_meta import dataset_id
+
+        ds_id = dataset_id(job.dataset)
+        akey = self.attack_key(job, ds_id)
+        am = store.read_manifest(model_dir(store_uri, akey))
+        if am is None or am.get("key") != akey:
+            return None
+        res = committed_eval(self.eval_spec(job, store_uri, ds_id), store_uri)
+        return None if res is None else self._saliency_outcome(job, akey, model_dir(store_uri, akey), am, res)
+
+    def run(self, job, store_uri, report=None, checkpoint_dir=None, resume_from=None, alpha_source=None):
+        from jobs.saliency_eval import run_saliency_eval
+        from shared.dataset_meta import dataset_id
+
+        res = run_attack(self.attack_spec(job), store_uri, report=report, checkpoint_dir=checkpoint_dir,
+                         resume_from=resume_from, alpha_source=alpha_source)  # fmt: skip
+        if res.stopped or res.model_uri is None:
+            return None
+        ev = run_saliency_eval(self.eval_spec(job, store_uri, dataset_id(job.dataset)), store_uri)
+        am = {"history": res.history, "result_step": res.result_step, "budget_broken": res.budget_broken}
+        return self._saliency_outcome(job, res.key, model_dir(store_uri, res.key), am, ev)
+
+    def _saliency_outcome(self, job: TrialJob, akey: str, mdir: str, am: dict, ev) -> TrialOutcome:
+        from jobs.saliency_eval import summary
+
+        history = list(am.get("history", []))
+        final = summary(ev, job.config.get("kind"), job.config["interpreter"])
+        if history:
+            final |= {
+                "alpha_final": float(history[-1].get("alpha", 0.0)),
+                "steps": float(history[-1]["step"]),
+            }
+        if am.get("result_step") is not None:
+            final["result_step"] = float(am["result_step"])
+        broken = bool(am.get("budget_broken", False))
+        final["budget_broken"] = float(broken)
+        artifacts = [(ev.table_uri, "saliency_t.parquet")]
+        if ev.picture_uri is not None:
+            artifacts.append((ev.picture_uri, "heatmaps_before_after.png"))
+        return TrialOutcome(akey, store.join(mdir, "model.pt"), history, final, artifacts, {}, broken)
+
+
 METRIC_NAMES = ("clip_delta", "kendall_tau", "clip_w", "kendall_tau_w", "topk_overlap")
 
 

@@ -4,7 +4,6 @@ reference encoder of CLIP-δ. Cheap or cached; pruned variants are the next phas
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from jobs.pretrain import PretrainSpec, run_pretrain
@@ -22,7 +21,7 @@ def prepare(spec: Any, bar=None) -> Prepared:
     bar = bar or (lambda name: None)
     ds = spec.dataset
     if ds.synth is not None and not store.exists(store.join(ds.uri, "_MANIFEST.json")):
-        generate(ds.uri, **dataclasses.asdict(ds.synth), progress=bar("synthetic data") or _noop)
+        generate(ds.uri, **ds.synth.model_dump(), progress=bar("synthetic data") or _noop)
     bases = tuple(base_variant(spec, m, bar) for m in spec.models)
     embedder = spec.metrics.embedder
     if embedder == REFERENCE:

@@ -10,7 +10,13 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from orchestrator.spec.schema import REFERENCE_EMBEDDER, DatasetSpec, MetricsSettings, ResourcesSpec
+from orchestrator.spec.schema import (
+    REFERENCE_EMBEDDER,
+    DatasetSpec,
+    MetricsSettings,
+    ResourcesSpec,
+    attack_problems,
+)
 from shared import store
 from shared.datasets import DatasetError, list_shards
 
@@ -21,6 +27,9 @@ def environment_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
     ds, models, metrics, res = v.get("dataset"), v.get("models"), v.get("metrics"), v.get("resources")
     if isinstance(ds, DatasetSpec) and ds.synth is None:
         out += _dataset_problems(ds)
+        classes = _classes(ds.uri)
+        if classes is not None:
+            out += attack_problems(v, classes)
     for i, m in enumerate(models if isinstance(models, tuple) else ()):
         why = _missing(m.weights) if m is not None and m.weights_kind == "checkpoint" else None
         if why:
@@ -34,6 +43,16 @@ def environment_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
     if isinstance(res, ResourcesSpec) and v.get("ray_address") is None and not os.environ.get("RAY_ADDRESS"):
         out += _resource_problems(res)
     return out
+
+
+def _classes(uri: str) -> int | None:
+    """The dataset's class count from its manifest, when it has one."""
+    try:
+        m = store.read_manifest(uri)
+    except (OSError, store.StoreError, ValueError):
+        return None
+    names = (m or {}).get("classes")
+    return len(names) if isinstance(names, list) else names if isinstance(names, int) else None
 
 
 def _missing(uri: str) -> str | None:

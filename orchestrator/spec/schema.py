@@ -257,7 +257,11 @@ class SweepSpec(_Section):
     tracking_uri: Text | None = None  # MLflow; null: see default_tracking_uri
     dataset: DatasetSpec = Field(description="e.g. dataset: {uri: ./data, synth: {}}")
     models: Models = Field(description="e.g. [{name: alexnet_mini, weights: pretrain}]")
-    layers: Layers = Field(description="e.g. layers: [conv3, conv5]")  # each must exist in every model
+    # the layers whose units the thesis's attacks move; each must exist in every model
+    # (a sweep of families that read their own layer, like saliency fooling, may leave it empty)
+    layers: Annotated[tuple[Text, ...], AfterValidator(_unique)] = Field(
+        (), description="e.g. layers: [conv3, conv5]"
+    )
     attacks: Attacks = Field(description="e.g. [{name: push-down}]")
     pruning: Prunings = (PruningSpec(),)  # one variant per entry; every attack runs on each
     seeds: Seeds = (0,)  # one trial per seed
@@ -337,11 +341,26 @@ def cross_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
                     model_info(m.name).resolve_layer(layer)
                 except LayerError as e:
                     out.append((f"layers[{j}]", f"{e} (models[{i}]; each layer must exist in every model)"))
+    out += attack_problems(
+        v, ds.synth.classes if isinstance(ds, DatasetSpec) and ds.synth is not None else None
+    )
     if isinstance(ds, DatasetSpec) and isinstance(metrics, MetricsSettings) and metrics.splits:
         for k, split in enumerate(metrics.splits):
             if split not in (ds.train_split, ds.val_split):
                 msg = f"{split!r} is neither dataset.train_split ({ds.train_split!r}) nor dataset.val_split"
                 out.append((f"metrics.splits[{k}]", f"{msg} ({ds.val_split!r})"))
+    return out
+
+
+def attack_problems(v: Mapping[str, Any], classes: int | None) -> list[tuple[str, str]]:
+    """Each attack entry against the rest of the spec, as its family checks it (``spec_problems``)."""
+    parts = {k: v.get(k) if isinstance(v.get(k), tuple) else None for k in ("models", "layers")}
+    parts |= {"dataset": v.get("dataset"), "classes": classes}
+    out = []
+    attacks = v.get("attacks")
+    for i, a in enumerate(attacks if isinstance(attacks, tuple) else ()):
+        if a is not None:
+            out += [(f"attacks[{i}].{f}", m) for f, m in family_of(a.name).spec_problems(a, parts)]
     return out
 
 

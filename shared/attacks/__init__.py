@@ -1,9 +1,11 @@
 """Attack families and their attacks (SCIENCE.md §2, §6, §7): records, plugins, registries, losses.
 
-Importing this package registers the built-in families (``featureviz``: the thesis's attacks).
+Importing this package registers the built-in families (``featureviz``: the thesis's attacks;
+``saliency``: Heo et al.'s saliency fooling).
 """
 
 from shared.attacks import featureviz as _featureviz  # noqa: F401  (registers the thesis's family)
+from shared.attacks import saliency as _saliency  # noqa: F401  (registers Heo et al.'s family)
 from shared.attacks.base import (
     ATTACKS,
     SETS,

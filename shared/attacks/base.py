@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -229,6 +229,7 @@ class StepBatch:
     attack: torch.Tensor | None = None  # [M', 3, H, W]
     attack_rows: torch.Tensor | None = None  # long [M']: their rows in targets.member
     decoy: torch.Tensor | None = None  # [P, 3, H, W]
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # a family's own per-step tensors
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ The orchestrator and jobs iterate over these records and never name an attack.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -55,6 +55,7 @@ class AttackFamily:
     data: ClassVar[str] = ""  # jobs-level data provider the runner prepares the attack's inputs with
     metrics: ClassVar[tuple[str, ...]] = ()  # metric registry names this family's trials produce
     report_columns: ClassVar[tuple[str, ...]] = ()  # metric names shown in the report, in order
+    needs_tables: ClassVar[bool] = True  # trials start from the sweep layers' initial activation tables
 
     @classmethod
     def scopes(cls, entry: AttackConfig, layers: Sequence[str]) -> tuple[tuple[str, ...], ...]:
@@ -82,6 +83,13 @@ class AttackFamily:
     def extra_images_per_step(cls, entry: AttackConfig) -> int:
         """Images forwarded per step beside the training batch (``vizsweep plan``'s cost)."""
         return 0
+
+    @classmethod
+    def spec_problems(cls, entry: AttackConfig, parts: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Problems of an entry against the rest of the spec, as (field, message); ``parts`` holds the
+        parsed sections (``models``, ``layers``, ``dataset``; None where a section failed) and
+        ``classes``, the dataset's class count when known."""
+        return []
 
     @classmethod
     def describe(cls, entry: AttackConfig) -> str:

@@ -8,8 +8,8 @@ report columns, and the extra images each step forwards (``vizsweep plan``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -101,6 +101,18 @@ class FeatureViz(AttackFamily):
         if "decoy" in uses:
             n += entry.decoy_images if attack.all_decoys else entry.decoy_batch_size or entry.decoy_images
         return n
+
+    @classmethod
+    def spec_problems(cls, entry: FeatureVizAttack, parts: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Its trials need the sweep's layers; the decoy class must exist in the dataset."""
+        out = []
+        if parts.get("layers") == ():
+            out.append(("name", f"{entry.name!r} attacks the sweep's layers: give layers: [...]"))
+        classes = parts.get("classes")
+        uses = getattr(get_attack(entry.name), "uses", ())
+        if "decoy" in uses and classes is not None and entry.decoy_class >= classes:
+            out.append(("decoy_class", f"{entry.decoy_class}: the dataset has classes 0..{classes - 1}"))
+        return out
 
     @classmethod
     def describe(cls, entry: FeatureVizAttack) -> str:
