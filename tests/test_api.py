@@ -45,13 +45,20 @@ def test_split_rows_average_layers_per_split():
     assert split_rows("r2", "n2", {"layer": "conv5"}, {"clip_delta": 0.7})[0]["split"] is None
 
 
-def test_results_dataframe(tmp_path, monkeypatch):
+def test_results_and_load_model(tmp_path, monkeypatch):
+    import torch
+
     import vizsweep
+    from shared.models.zoo import build_model, save_checkpoint
     from tests.sweep_store import SWEEP, write_sweep
 
+    trained, _ = build_model("alexnet_mini")
+    ckpt = save_checkpoint(trained, "alexnet_mini", str(tmp_path / "ck" / "model.pt"))
+    pointer = {"model.json": {"model_uri": ckpt, "attack_key": "ak", "model": "alexnet_mini"}}
     store_dir = tmp_path / "store"
     write_sweep(store_dir, [("run-a", {**PARAMS, "attack": "push-down"}, _final(1.0)),
-                            ("run-b", {**PARAMS, "attack": "finetune"}, _final(0.1))])  # fmt: skip
+                            ("run-b", {**PARAMS, "attack": "finetune"}, _final(0.1))],
+                artifacts={"run-a": pointer})  # fmt: skip
     monkeypatch.setenv("VIZSWEEP_STORE", str(store_dir))
     df = vizsweep.results(SWEEP)
     assert df.shape[0] == 4  # 2 runs x 2 splits
@@ -65,3 +72,14 @@ def test_results_dataframe(tmp_path, monkeypatch):
     assert [s["sweep_id"] for s in vizsweep.status()] == [SWEEP]
     with pytest.raises(ValueError, match="no sweep 'nope'.*known: quick-0123abcd"):
         vizsweep.results("nope")
+    # load_model: by run name or run id, through the run's model.json pointer
+    model, meta = vizsweep.load_model(SWEEP, "run-a")
+    assert not model.training and meta["run_name"] == "run-a" and meta["model_uri"] == ckpt
+    for k, v in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    run_id = df[df.run_name == "run-a"].run_id.iloc[0]
+    assert vizsweep.load_model(SWEEP, run_id)[1]["run_id"] == run_id
+    with pytest.raises(ValueError, match="no run 'run-z'.*run-a, run-b"):
+        vizsweep.load_model(SWEEP, "run-z")
+    with pytest.raises(FileNotFoundError, match="model.json"):
+        vizsweep.load_model(SWEEP, "run-b")
