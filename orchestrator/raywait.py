@@ -26,7 +26,7 @@ def wait_for_nodes(want: int, timeout: float, poll_s: float = 2.0) -> int:
         try:
             ensure_ray()  # joins RAY_ADDRESS; raises while the head is not up yet
             alive = sum(1 for n in ray.nodes() if n.get("Alive"))
-        except Exception as e:
+        except Exception as e:  # Ray raises several types while it starts
             last = e
             ray.shutdown()
         if alive >= want:
