@@ -3,16 +3,65 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 
 DEFAULT_STORE = os.environ.get("VIZSWEEP_STORE", "vizsweep-store")
+DESCRIPTION = (
+    "Sweeps of adversarial attacks on feature visualizations, with pruning defenses. "
+    "Sweep commands find their store from --store, else $VIZSWEEP_STORE, else ./vizsweep-store."
+)
+STORE_HELP = "store URI (path, file:// or s3://)"
+SWEEP_STORE_HELP = "store that holds the sweep (default: $VIZSWEEP_STORE, else ./vizsweep-store)"
 
 
 class UsageError(Exception):
     """Bad input from the user: printed without a traceback, exit code 2."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` where a default says something (not for None or an off flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        quiet = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if quiet or "%(default)" in text or "default:" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)parser: defaults in help, and a suggestion for a mistyped choice."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # type: ignore[override]
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            close = difflib.get_close_matches(m.group(1), re.findall(r"'([^']*)'", m.group(2)), n=1)
+            if close:
+                message += f"; did you mean {close[0]!r}?"
+        super().error(message)
+
+
+def package_version() -> str:
+    """The installed distribution's version; a source checkout's pyproject.toml otherwise."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("vizsweep")
+    except metadata.PackageNotFoundError:
+        import tomllib
+
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml")
+        with open(path, "rb") as f:
+            return tomllib.load(f)["project"]["version"]
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
@@ -23,19 +72,19 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--out", required=True, help="dataset root URI (path, file:// or s3://)")
     s.add_argument("--classes", type=int, default=16, help="number of classes (>= 16 recommended)")
-    s.add_argument("--train-per-class", type=int, default=300)
-    s.add_argument("--val-per-class", type=int, default=50)
+    s.add_argument("--train-per-class", type=int, default=300, help="train images per class")
+    s.add_argument("--val-per-class", type=int, default=50, help="val images per class")
     s.add_argument("--size", type=int, default=64, help="image side in pixels")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="random seed (the same seed writes the same bytes)")
     i = dsub.add_parser("index", help="build the image_id -> shard/row index of a split")
-    i.add_argument("dataset")
-    i.add_argument("--split", default="val")
+    i.add_argument("dataset", help="dataset root URI (path, file:// or s3://)")
+    i.add_argument("--split", default="val", help="split to index")
     im = dsub.add_parser(
         "import-imagenet", help="convert an ILSVRC-2012 tree (train/<wnid>/*.JPEG, val/) into Parquet shards"
     )
     im.add_argument("src", help="ILSVRC root holding train/ and val/ (path, file:// or s3://)")
     im.add_argument("dest", help="dataset root to write (path, file:// or s3://); a rerun resumes")
-    im.add_argument("--split", choices=("train", "val", "both"), default="both")
+    im.add_argument("--split", choices=("train", "val", "both"), default="both", help="splits to convert")
     im.add_argument("--val-labels", default=None,
                     help="labels of a flat val/: 'filename wnid' lines, or the devkit's "
                          "ILSVRC2012_validation_ground_truth.txt (with --synsets)")  # fmt: skip
@@ -48,20 +97,20 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 def _add_jobs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="train a model on a dataset (reused when its key matches)")
     p.add_argument("--data", required=True, help="dataset root URI")
-    p.add_argument("--model", default="alexnet_mini")
-    p.add_argument("--epochs", type=int, default=None, help="default: the job's own")
-    p.add_argument("--store", default=DEFAULT_STORE)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="alexnet_mini", help="registered model name (see README, Models)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the job's own)")
+    p.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
 
     a = sub.add_parser("activations", help="activation tables of layers for a split (Ray Data)")
-    a.add_argument("--data", required=True)
-    a.add_argument("--model", default="alexnet_mini")
+    a.add_argument("--data", required=True, help="dataset root URI")
+    a.add_argument("--model", default="alexnet_mini", help="registered model name")
     a.add_argument("--weights", required=True, help="checkpoint URI or torchvision weights name")
     a.add_argument("--variant-key", default=None, help="default: derived from the weights")
     a.add_argument("--layers", default="conv5", help="comma-separated layer aliases")
-    a.add_argument("--split", default="val")
-    a.add_argument("--store", default=DEFAULT_STORE)
-    a.add_argument("--batch-size", type=int, default=256)
+    a.add_argument("--split", default="val", help="split to run over")
+    a.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
+    a.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     a.add_argument("--k", type=int, default=10, help="also compute top-k sets (0: skip)")
 
     d = sub.add_parser(
@@ -70,31 +119,38 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--spec", default=None, help="default: examples/quickstart.yaml")
     d.add_argument("--tables-only", action="store_true",
                    help="only data -> pretrained model -> activation tables -> top-k grid")  # fmt: skip
-    d.add_argument("--store", default=DEFAULT_STORE, help="with --tables-only")
-    d.add_argument("--layers", default="conv3,conv5", help="with --tables-only")
+    d.add_argument("--store", default=DEFAULT_STORE, help=f"{STORE_HELP}; with --tables-only")
+    d.add_argument(
+        "--layers", default="conv3,conv5", help="comma-separated layer aliases; with --tables-only"
+    )
 
 
 def _add_sweeps(sub: argparse._SubParsersAction) -> None:
     la = sub.add_parser(
         "launch", help="run a sweep spec (validated first); a second launch reuses all it can"
     )
-    la.add_argument("spec")
+    la.add_argument("spec", help="sweep spec YAML: path, file:// or s3:// URI (its store: is where it runs)")
     la.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: by resources)")
     st = sub.add_parser("status", help="sweeps in the store (newest first), or one sweep's trials")
-    st.add_argument("sweep", nargs="?")
-    st.add_argument("--store", default=DEFAULT_STORE)
+    st.add_argument("sweep", nargs="?", help="sweep id (default: list every sweep in the store)")
+    st.add_argument("--store", default=None, help=SWEEP_STORE_HELP)
     re_ = sub.add_parser("resume", help="finish the unfinished trials of a sweep (after a crash or kill)")
-    re_.add_argument("sweep")
-    re_.add_argument("--store", default=DEFAULT_STORE)
-    re_.add_argument("--max-concurrent", type=int, default=None)
+    re_.add_argument("sweep", nargs="?", help="sweep id, as 'vizsweep status' lists it")
+    re_.add_argument("--store", default=None, help=SWEEP_STORE_HELP)
+    re_.add_argument(
+        "--max-concurrent", type=int, default=None, help="trials at once (default: by resources)"
+    )
     rp = sub.add_parser("report", help="the thesis's Table 3.1 for a sweep, from MLflow")
-    rp.add_argument("sweep")
-    rp.add_argument("--store", default=DEFAULT_STORE)
-    rp.add_argument("--format", choices=("md", "csv", "json"), default="md")
-    ui = sub.add_parser("ui", help="MLflow UI on the sweep's tracking store (127.0.0.1)")
-    ui.add_argument("sweep")
-    ui.add_argument("--store", default=DEFAULT_STORE)
-    ui.add_argument("--port", type=int, default=5000)
+    rp.add_argument("sweep", nargs="?", help="sweep id, as 'vizsweep status' lists it")
+    rp.add_argument("--store", default=None, help=SWEEP_STORE_HELP)
+    rp.add_argument("--format", choices=("md", "csv", "json"), default="md", help="output format")
+    ui = sub.add_parser(
+        "ui", help="MLflow UI on a sweep's runs: prints the runs-table and compare URLs once it answers"
+    )
+    ui.add_argument("sweep", nargs="?", help="sweep id, as 'vizsweep status' lists it")
+    ui.add_argument("--store", default=None, help=SWEEP_STORE_HELP)
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    ui.add_argument("--port", type=int, default=5000, help="port to listen on (0: any free port)")
 
 
 def _add_validate(sub: argparse._SubParsersAction) -> None:
@@ -127,8 +183,9 @@ def _add_list(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="vizsweep", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap = _Parser(prog="vizsweep", description=DESCRIPTION)
+    ap.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     _add_data(sub)
     _add_jobs(sub)
     _add_validate(sub)
@@ -159,8 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(json_schema(), indent=2, ensure_ascii=False))
             return 0
         if args.cmd == "plan":
+            from orchestrator.commands import require_file
             from orchestrator.estimate import cmd_plan
 
+            require_file(args.spec)
             return cmd_plan(
                 args.spec, as_json=args.json, train_images=args.train_images, val_images=args.val_images
             )
@@ -169,6 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             if args.tables_only:
                 return run_demo(args.store, [x.strip() for x in args.layers.split(",") if x.strip()])
+            if args.spec:
+                from orchestrator.commands import require_file
+
+                require_file(args.spec)
             return run_sweep_demo(args.spec)
         if args.cmd in ("launch", "status", "resume", "report", "ui"):
             return _cmd_sweep(args)
@@ -177,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (ValueError, FileNotFoundError, KeyError) as e:
         # Library errors carry the offending value and the valid choices already.
-        print(f"vizsweep: error: {e}", file=sys.stderr)
+        print(f"vizsweep: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
     return 0
 
@@ -187,13 +250,22 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.cmd == "launch":
         return commands.cmd_launch(args.spec, args.max_concurrent)
+    store_uri, source = commands.resolve_store(args.store)
+    if args.sweep is None and args.cmd != "status":
+        raise UsageError(
+            f"{args.cmd} needs a sweep id; list the sweeps with: vizsweep status  "
+            f"[{commands.store_line(store_uri, source)}]"
+        )
+    if args.cmd in ("status", "report"):  # said once; beside csv/json on stdout it would break a parser
+        human = args.cmd == "status" or args.format == "md"
+        print(commands.store_line(store_uri, source), file=sys.stdout if human else sys.stderr)
     if args.cmd == "status":
-        return commands.cmd_status(args.store, args.sweep)
+        return commands.cmd_status(store_uri, args.sweep)
     if args.cmd == "resume":
-        return commands.cmd_resume(args.store, args.sweep, args.max_concurrent)
+        return commands.cmd_resume(store_uri, args.sweep, args.max_concurrent)
     if args.cmd == "report":
-        return commands.cmd_report(args.store, args.sweep, args.format)
-    return commands.cmd_ui(args.store, args.sweep, args.port)
+        return commands.cmd_report(store_uri, args.sweep, args.format)
+    return commands.cmd_ui(store_uri, args.sweep, args.port, args.host)
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -269,8 +341,10 @@ def _cmd_activations(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     # A bad spec raises SpecError (a ValueError): main prints its problem list and returns 2.
+    from orchestrator.commands import require_file
     from orchestrator.spec import load_spec
 
+    require_file(args.spec)
     spec = load_spec(args.spec, check_environment=not args.spec_only)
     scope = " (file checks only)" if args.spec_only else ""
     print(f"ok{scope}: {spec.name}: {spec.trial_count()} trials ({spec.trial_formula()})")

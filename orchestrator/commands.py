@@ -4,12 +4,40 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from typing import Any
 
 from shared import store
+
+STORE_ENV = "VIZSWEEP_STORE"
+DEFAULT_STORE = "vizsweep-store"
+
+
+def resolve_store(explicit: str | None = None, given_as: str = "--store") -> tuple[str, str]:
+    """The store to use and where it came from: ``explicit``, else ``$VIZSWEEP_STORE``, else
+    ``./vizsweep-store`` (read at call time, so a notebook may set the variable after import)."""
+    if explicit:
+        return explicit, f"from {given_as}"
+    env = os.environ.get(STORE_ENV)
+    if env:
+        return env, f"from ${STORE_ENV}"
+    return DEFAULT_STORE, f"the default; set ${STORE_ENV} or pass --store to use another"
+
+
+def store_line(uri: str, source: str) -> str:
+    """The one line that says which store a command reads, and why that one."""
+    return f"store: {_shown_store(uri)} ({source})"
+
+
+def require_file(path: str | os.PathLike) -> None:
+    """A spec named by a local path must exist: a missing file is a missing file, not a bad spec."""
+    try:
+        local = store.local_path(os.fspath(path))
+    except store.StoreError:  # an unsupported scheme: load_spec says which ones work
+        return
+    if local is not None and not os.path.exists(local):
+        raise FileNotFoundError(f"no such file: {os.fspath(path)}")
 
 
 class SweepNotFound(ValueError):
@@ -36,7 +64,7 @@ def find_sweep(store_uri: str, sweep_id: str) -> str:
         known = [s.get("sweep_id", "?") for s in list_sweeps(store_uri)]
         raise SweepNotFound(
             f"no sweep {sweep_id!r} in store {store.normalize(store_uri)}; "
-            f"known: {', '.join(known) or 'none'} (pass --store to look elsewhere)"
+            f"known: {', '.join(known) or 'none'} (pass --store or set VIZSWEEP_STORE to look elsewhere)"
         )
     return d
 
@@ -44,6 +72,7 @@ def find_sweep(store_uri: str, sweep_id: str) -> str:
 def cmd_launch(spec_path: str, max_concurrent: int | None = None) -> int:
     from orchestrator.spec import load_spec
 
+    require_file(spec_path)
     spec = load_spec(spec_path, check_environment=True)  # bad input stops here, before Ray starts
     return _run(spec, max_concurrent)
 
@@ -199,36 +228,34 @@ def cmd_report(store_uri: str, sweep_id: str, fmt: str) -> int:
     return 0
 
 
-def cmd_ui(store_uri: str, sweep_id: str, port: int, host: str = "127.0.0.1") -> int:
-    """MLflow's UI on the sweep's tracking store, bound to localhost; prints the compare-page URL."""
-    from orchestrator.tracking import compare_url, find_child_runs
+def cmd_ui(store_uri: str, sweep_id: str, port: int = 5000, host: str = "127.0.0.1") -> int:
+    """MLflow's UI on the sweep's tracking store: the URLs once it answers, all of it ended on exit."""
+    from orchestrator import uiserver
+    from orchestrator.tracking import compare_url, find_child_runs, runs_url
 
     d = find_sweep(store_uri, sweep_id)
     status = store.read_json(store.join(d, "status.json"))
-    uri = status["tracking_uri"]
-    if uri.startswith("http"):
-        runs = [r.info.run_id for r in find_child_runs(uri, sweep_id)]
-        print(
-            f"MLflow server: {uri}\ncompare this sweep's runs: {compare_url(uri, status['experiment_id'], runs)}"
-        )
-        return 0
-    base = f"http://{host}:{port}"
+    uri, experiment = status["tracking_uri"], status["experiment_id"]
     runs = [r.info.run_id for r in find_child_runs(uri, sweep_id)]
-    print(f"MLflow UI on {base} (Ctrl-C stops it)\ncompare this sweep's runs: "
-          f"{compare_url(base, status['experiment_id'], runs)}", flush=True)  # fmt: skip
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
-    return subprocess.call(cmd)
+
+    def urls(base: str) -> str:
+        return (f"runs of this sweep: {runs_url(base, experiment, sweep_id)}\n"
+                f"compare them:      {compare_url(base, experiment, runs)}")  # fmt: skip
+
+    if uri.startswith("http"):  # a shared server is already up: nothing to start
+        print(f"MLflow server: {uri}\n{urls(uri)}")
+        return 0
+    port = uiserver.pick_port(host, port)
+    base = f"http://{uiserver.connect_host(host)}:{port}"
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
+           "--port", str(port), "--workers", "1"]  # fmt: skip
+    ready = f"MLflow UI on {base} (Ctrl-C stops it)\n{urls(base)}"
+    print(f"starting the MLflow UI on {base} ...", flush=True)
+    try:
+        return uiserver.serve(cmd, f"{base}/health", lambda: print(ready, flush=True))
+    except RuntimeError as e:
+        print(f"vizsweep: error: MLflow UI: {e}", file=sys.stderr)
+        return 1
 
 
 def dump(obj: Any) -> str:

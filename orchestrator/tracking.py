@@ -68,6 +68,18 @@ def compare_url(server_uri: str, experiment_id: str, run_ids: Iterable[str]) -> 
     )
 
 
+def runs_url(server_uri: str, experiment_id: str, sweep_id: str | None = None) -> str:
+    """The MLflow UI's runs table of an experiment, filtered to one sweep's runs when given.
+
+    The table keeps its state in the fragment's query (``searchFilter``); the filter matches the
+    tag every run of a sweep carries, parent and trials alike.
+    """
+    url = f"{server_uri.rstrip('/')}/#/experiments/{quote(str(experiment_id), safe='')}/runs"
+    if sweep_id:
+        url += "?searchFilter=" + quote(f"tags.`{TAG_SWEEP}` = {_quote(sweep_id)}", safe="")
+    return url
+
+
 # --------------------------------------------------------------------------- redaction
 
 _SECRET_KEY = re.compile(r"secret|password|token|access_key|credential", re.IGNORECASE)
@@ -250,6 +262,19 @@ def find_child_runs(tracking_uri: str, sweep_id: str, status: str | None = None)
         return []
     extra = f"attributes.status = {_quote(status)}" if status else ""
     return _children(client(tracking_uri), parent, extra)
+
+
+def read_json_artifact(tracking_uri: str, run_id: str, path: str) -> Any:
+    """A JSON artifact of a run (e.g. a trial's ``model.json`` pointer), parsed."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client(tracking_uri).download_artifacts(run_id, path, tmp)
+        except (MlflowException, OSError) as e:
+            raise FileNotFoundError(f"run {run_id} has no artifact {path!r} ({e})") from None
+        with open(local) as f:
+            return json.load(f)
 
 
 # --------------------------------------------------------------------------- the sweep's parent run
