@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from orchestrator.spec import SpecError, load_spec
-from shared.attacks import StepBatch, build_attack, families, family_of, train_step
+from shared.attacks import build_attack, families, family_of, train_step
 from shared.attacks.saliency import KINDS, SaliencyAttack
 from shared.models.zoo import build_model
 
@@ -26,7 +26,11 @@ def _spec(tmp_path, attacks, **over) -> dict:
 @pytest.mark.parametrize(
     "entry, field, hint",
     [
-        ({"name": "fool-location", "interpreter": "gradkam"}, "attacks[0].interpreter", "valid interpreters: gradcam"),
+        (
+            {"name": "fool-location", "interpreter": "gradkam"},
+            "attacks[0].interpreter",
+            "valid interpreters: gradcam",
+        ),
         ({"name": "fool-location", "layer": "conv9"}, "attacks[0].layer", "valid aliases"),
         ({"name": "fool-active"}, "attacks[0].classes", "needs classes: [c1, c2]"),
         ({"name": "fool-active", "classes": [3, 3]}, "attacks[0].classes", "two different class indices"),
@@ -139,12 +143,21 @@ def test_a_fooling_trial_measures_fsr_for_every_tested_interpreter(tiny, ray_loc
     assert runner.stored(job, root) is None
     out = runner.run(job, root)
     tested = job.config["tested"]
-    assert set(out.final) >= {"fsr", "acc", "acc_top5", "delta_acc", "delta_acc_top5", *(f"fsr.{i}" for i in tested)}
+    assert set(out.final) >= {
+        "fsr",
+        "acc",
+        "acc_top5",
+        "delta_acc",
+        "delta_acc_top5",
+        *(f"fsr.{i}" for i in tested),
+    }
     assert 0.0 <= out.final["fsr"] <= 1.0 and out.final["steps"] == 4
     table_uri = next(u for u, name in out.artifacts if name == "saliency_t.parquet")
     fs, path = store.resolve(table_uri)
     t = pq.read_table(path, filesystem=fs).to_pydict()
     assert set(t["interpreter"]) == set(tested) and set(t["kind"]) == {job.config["kind"]}
     per = len(t["t"]) // len(tested)
-    assert per == (64 if job.config["kind"] != "active" else 2 * 4)  # 16 x 4 val images; 4 held-out collages x 2
+    assert per == (
+        64 if job.config["kind"] != "active" else 2 * 4
+    )  # 16 x 4 val images; 4 held-out collages x 2
     assert runner.stored(job, root).final == out.final  # committed: a relaunch measures nothing again
