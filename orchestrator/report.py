@@ -23,13 +23,13 @@ from typing import Any
 from mlflow.entities import Run
 
 from orchestrator.tracking import find_child_runs
-from shared.attacks import attack_order
+from shared.attacks import FAMILIES, attack_order
 from shared.pruners import PRUNERS
 
 PARAM_KEYS = ("model", "prune_method", "prune_rate", "layer", "attack")
 METRIC_KEYS = ("clip_delta", "kendall_tau", "clip_w", "kendall_tau_w", "topk_overlap", "acc", "delta_acc")
 UNIT_KEYS = ("units_dead_init", "units_killed", "decoy_top5")  # §3 dead units; decoy_top5: decoy attacks
-COLUMNS = (*PARAM_KEYS, "split", *METRIC_KEYS, *UNIT_KEYS)
+COLUMNS = ("family", *PARAM_KEYS, "split", *METRIC_KEYS, *UNIT_KEYS)
 SPLIT_KEYS = (*METRIC_KEYS[:5], *UNIT_KEYS)  # per split; acc and delta_acc are on V, one value per run
 COUNT_KEYS = ("units_dead_init", "units_killed")
 SPLIT_ORDER = ("train", "val")  # the attacked set first
@@ -67,7 +67,7 @@ def rows_of(run: Run) -> list[dict[str, Any]]:
     params, metrics = run.data.params, run.data.metrics
     rows = []
     for split in _splits(metrics):
-        row: dict[str, Any] = {k: params.get(k) for k in PARAM_KEYS}
+        row: dict[str, Any] = {"family": params.get("family"), **{k: params.get(k) for k in PARAM_KEYS}}
         row["prune_rate"] = _float(row["prune_rate"])
         row["split"] = split
         for k in (*METRIC_KEYS, *UNIT_KEYS):
@@ -84,7 +84,7 @@ def rows_of(run: Run) -> list[dict[str, Any]]:
 
 def attacked_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The rows of the attacked set (split ``train``; rows without a split count as such)."""
-    return [r for r in rows if r.get("split") in ("train", None)]
+    return [r for r in standard_rows(rows) if r.get("split") in ("train", None)]
 
 
 def _sort_key(row: Mapping[str, Any]) -> tuple:
@@ -115,9 +115,39 @@ def sort_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def report_rows(tracking_uri: str, sweep_id: str) -> list[dict[str, Any]]:
-    """The sweep's FINISHED trial runs as table rows (keys: :data:`COLUMNS`), in the thesis's order."""
+    """The sweep's FINISHED trial runs as table rows: the standard per-split rows (keys :data:`COLUMNS`)
+    in the thesis's order, then the rows of families that make their own (``family`` names them)."""
     runs = find_child_runs(tracking_uri, sweep_id, status="FINISHED")
-    return sort_rows([row for r in runs for row in rows_of(r)])
+    standard, own = [], []
+    for r in runs:
+        fam = FAMILIES.get(r.data.params["family"]) if r.data.params.get("family") in FAMILIES else None
+        rows = fam.report_rows(r.data.params, r.data.metrics) if fam is not None else None
+        if rows is None:
+            standard += rows_of(r)
+        else:
+            own += [{**row, "table": fam.name} for row in rows]
+    own.sort(
+        key=lambda row: (
+            attack_order(str(row.get("attack"))),
+            str(row.get("model")),
+            str(row.get("interpreter")),
+        )
+    )
+    return sort_rows(standard) + own
+
+
+def _own(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Rows of families with their own table, by family (the others are the standard table's)."""
+    out: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        if r.get("table"):
+            out.setdefault(r["table"], []).append(r)
+    return out
+
+
+def standard_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The rows of the standard per-split table (rows a family made for its own table say ``table``)."""
+    return [r for r in rows if not r.get("table")]
 
 
 # --------------------------------------------------------------------------- rendering
@@ -152,7 +182,18 @@ def _md_cells(row: Mapping[str, Any], decoy: bool) -> list[str]:
 
 def render_md(rows: Sequence[Mapping[str, Any]]) -> str:
     """A Markdown table like the thesis's Table 3.1 (3 decimals, ΔAcc in signed percentage points), with
-    the split, the dead and killed unit counts and, when a row has it, decoy_top5."""
+    the split, the dead and killed unit counts and, when a row has it, decoy_top5; then each family's
+    own table (e.g. saliency fooling's Heo Table 1)."""
+    own = _own(rows)
+    rows = standard_rows(rows)
+    parts = [_render_standard(rows)] if rows or not own else []
+    for fam, mine in own.items():
+        f = FAMILIES.get(fam)
+        parts.append(f"**{f.description.strip().splitlines()[0]}**\n\n{f.render_markdown(mine)}")
+    return "\n".join(parts)
+
+
+def _render_standard(rows: Sequence[Mapping[str, Any]]) -> str:
     decoy = any(r.get("decoy_top5") is not None for r in rows)
     header = [*_MD_HEADER, *(["Decoy top-5"] if decoy else [])]
     lines = [
@@ -168,8 +209,28 @@ def render_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS} for r in rows)
+    writer.writerows(
+        {k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS} for r in standard_rows(rows)
+    )
+    for mine in _own(rows).values():  # a family's own table follows, with its own header
+        flat = [_flat(r) for r in mine]
+        keys = list(dict.fromkeys(k for r in flat for k in r))
+        buf.write("\n")
+        w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+        w.writeheader()
+        w.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in keys} for r in flat)
     return buf.getvalue()
+
+
+def _flat(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Mappings as ``key.sub`` columns (a family row's ``fsr``: one column per tested interpreter)."""
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if isinstance(v, Mapping):
+            out |= {f"{k}.{sub}": x for sub, x in v.items()}
+        else:
+            out[k] = v
+    return out
 
 
 def render_json(rows: Sequence[Mapping[str, Any]], sweep: str | None = None) -> str:
@@ -178,7 +239,16 @@ def render_json(rows: Sequence[Mapping[str, Any]], sweep: str | None = None) -> 
     def clean(v: Any) -> Any:
         return None if isinstance(v, float) and math.isnan(v) else v
 
-    doc = {"sweep": sweep, "rows": [{k: clean(r.get(k)) for k in COLUMNS} for r in rows]}
+    def own(r: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            k: ({s: clean(x) for s, x in v.items()} if isinstance(v, Mapping) else clean(v))
+            for k, v in r.items()
+        }
+
+    doc = {
+        "sweep": sweep,
+        "rows": [{k: clean(r.get(k)) for k in COLUMNS} if "split" in r else own(r) for r in rows],
+    }
     return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 

@@ -202,6 +202,7 @@ def test_report_rows_and_formats(uri):
     assert rows[1]["acc_init"] is None and rows[1]["fine_tuned_acc"] is None  # extras: the pruning tables
     # runs logged before the splits were recorded: one row each, split None
     assert {k: rows[1][k] for k in COLUMNS} == {
+        "family": None,
         "model": "alexnet", "prune_method": "l1", "prune_rate": 0.5, "layer": "conv5", "attack": "finetune",
         "split": None, "clip_delta": 0.0625, "kendall_tau": 0.875, "clip_w": 0.375, "kendall_tau_w": 0.625,
         "topk_overlap": 0.5, "acc": 82.5, "delta_acc": -1.5, "units_dead_init": None, "units_killed": None,

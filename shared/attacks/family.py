@@ -92,6 +92,22 @@ class AttackFamily:
         return []
 
     @classmethod
+    def report_rows(
+        cls, params: Mapping[str, str], metrics: Mapping[str, float]
+    ) -> list[dict[str, Any]] | None:
+        """This family's report rows from a finished run's params and final metrics; None: the
+        standard per-split unit-metrics rows (thesis Table 3.1). Rows carry ``family`` and ``attack``."""
+        return None
+
+    @classmethod
+    def render_markdown(cls, rows: Sequence[Mapping[str, Any]]) -> str:
+        """The family's own table for the rows of :meth:`report_rows` (when it makes its own)."""
+        keys = [k for k in rows[0] if k != "family"] if rows else []
+        lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+        return "\n".join(lines) + "\n"
+
+    @classmethod
     def describe(cls, entry: AttackConfig) -> str:
         """A short label of an entry for run names and tables (default: the attack's name)."""
         return entry.name

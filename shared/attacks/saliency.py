@@ -83,6 +83,21 @@ class SaliencyAttack(AttackConfig):
         return self
 
 
+def _number(v: Any) -> float | None:
+    try:
+        return None if v in (None, "") else float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f}"
+
+
+def _fmt(v: float | None, pattern: str) -> str:
+    return "—" if v is None else pattern.format(v)
+
+
 def _known_interpreter(name: str) -> str:
     valid = interpreter_names()
     if name not in valid:
@@ -129,6 +144,48 @@ class Saliency(AttackFamily):
     @classmethod
     def describe(cls, entry: SaliencyAttack) -> str:
         return entry.name if entry.name == "saliency-finetune" else f"{entry.name}-{entry.interpreter}"
+
+    @classmethod
+    def report_rows(cls, params: Mapping[str, str], metrics: Mapping[str, float]) -> list[dict[str, Any]]:
+        """One row per run, shaped like Heo Table 1: FSR per tested interpreter (the transfer matrix's
+        row), top-1 / top-5 accuracy and their change. The control's FSR per interpreter is its
+        highest over the passive kinds' test losses (fine-tuning alone should fool none)."""
+        control = KINDS.get(params.get("attack", "")) is None
+        if control:
+            fsr: dict[str, float] = {}
+            for k, v in metrics.items():
+                parts = k.split(".")
+                if parts[0] == "fsr" and len(parts) == 3:
+                    fsr[parts[2]] = max(fsr.get(parts[2], 0.0), v)
+        else:
+            fsr = {k[4:]: v for k, v in metrics.items() if k.startswith("fsr.") and k.count(".") == 1}
+        row = {"family": cls.name, **{k: params.get(k) for k in ("model", "prune_method", "attack")}}
+        row["prune_rate"] = _number(params.get("prune_rate"))
+        row["interpreter"] = None if control else params.get("interpreter")
+        row["fsr"] = dict(sorted(fsr.items()))
+        row |= {k: metrics.get(k) for k in ("acc", "delta_acc", "acc_top5", "delta_acc_top5")}
+        row["seed"] = _number(params.get("seed"))
+        row["budget_broken"] = bool(metrics.get("budget_broken", 0.0))
+        return [row]
+
+    @classmethod
+    def render_markdown(cls, rows: Sequence[Mapping[str, Any]]) -> str:
+        """Heo Table 1 (FSR %, rows: model × fooling × interpreter fooled) beside Table 3's accuracy change."""
+        tested = sorted({i for r in rows for i in r["fsr"]})
+        head = ["Model", "Prune", "Fooling", "Interpreter fooled", *(f"FSR {i} %" for i in tested),
+                "Acc top-1 %", "ΔAcc top-1 pp", "ΔAcc top-5 pp"]  # fmt: skip
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * (len(head) - 4)]
+        for r in rows:
+            prune = (
+                r["prune_method"]
+                if r["prune_method"] in (None, "none")
+                else f"{r['prune_method']} {r['prune_rate']:g}"
+            )
+            cells = [str(r["model"]), str(prune), str(r["attack"]) + (" (budget broken)" if r["budget_broken"] else ""),
+                     str(r["interpreter"] or "—"), *(_pct(r["fsr"].get(i)) for i in tested),
+                     _fmt(r["acc"], "{:.1f}"), _fmt(r["delta_acc"], "{:+.2f}"), _fmt(r["delta_acc_top5"], "{:+.2f}")]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
 
     @classmethod
     def spec_problems(cls, entry: SaliencyAttack, parts: Mapping[str, Any]) -> list[tuple[str, str]]:
