@@ -3,15 +3,15 @@
 Goals (conv5, all units, default AttackSpec): push-down mean top-5 overlap <= 0.3 and
 mean Kendall-τ clearly below the fine-tuning baseline's, |ΔAcc| <= 1 pp; fine-tuning
 baseline τ >= 0.9 and overlap >= 0.8; push-up puts a decoy-class image in the top-5 of
-at least half of the units, |ΔAcc| <= 1 pp; each attack run <= 5 minutes. ``push-up-max``
-is the proposed deviation from Eq. 8 (shared.attacks.losses.push_up_max_loss).
+at least half of the units, |ΔAcc| <= 1 pp; each attack run <= 5 minutes. ``push-up`` is the
+max form SCIENCE.md §2 decided on; ``push-up-pairwise`` the literal pairwise reading of Eq. 8.
 
 Top-k sets on the train split (the attacked set, SCIENCE.md §3); Kendall-τ over the
 whole val split (D_τ); accuracy top-1 on val. Last line: JSON.
 
     python benchmarks/attack_goals.py [--root /tmp/vz-attack] [--attacks finetune,push-down,push-up] \
-        [--set lr=2e-4 --set push-up-max:epochs=4 ...]   # AttackSpec overrides (JSON values), all
-                                                          # attacks or one (ATTACK:FIELD=VALUE)
+        [--set lr=2e-4 --set push-up:epochs=4 ...]   # AttackSpec or attack-config overrides (JSON
+                                                      # values), all attacks or one (ATTACK:FIELD=VALUE)
 """
 
 from __future__ import annotations
@@ -83,11 +83,16 @@ def val_accuracy(weights: str, data: str) -> float:
 
 def measure(name: str, args, base: str, variant: str, init: dict, init_top, store_uri: str) -> dict:
     from jobs.attack import AttackSpec, run_attack
+    from shared.attacks import family_of
 
     over = {k: v for k, v in args.overrides.items() if ":" not in k}
     over |= {k.split(":", 1)[1]: v for k, v in args.overrides.items() if k.startswith(f"{name}:")}
-    spec = AttackSpec(dataset=args.data, model="alexnet_mini", weights=base, variant_key=variant,
-                      attack=name, layers=(LAYER,), device="cpu", **over)  # fmt: skip
+    fam = family_of(name)
+    fields = fam.config.model_fields
+    entry = fam.config.model_validate({"name": name, **{k: v for k, v in over.items() if k in fields}})
+    loop = {k: v for k, v in over.items() if k not in fields}
+    spec = AttackSpec(dataset=args.data, model="alexnet_mini", weights=base, variant_key=variant, attack=name,
+                      config=fam.job_config(entry), layers=(LAYER,), device="cpu", **loop)  # fmt: skip
     res = run_attack(spec, store_uri)
     final = tables(args.data, res.model_uri, variant, res.key, store_uri)
     fin_top, fin_labels = top_sets(final["train"], 5)
@@ -108,10 +113,10 @@ def measure(name: str, args, base: str, variant: str, init: dict, init_top, stor
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default="/tmp/vz-attack")
-    p.add_argument("--attacks", default="finetune,push-down,push-up,push-up-max")
+    p.add_argument("--attacks", default="finetune,push-down,push-up,push-up-pairwise")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="AttackSpec override")
     args = p.parse_args()
-    args.overrides = {"push-up-max:epochs": 4}  # it needs ~300 steps here (0.42 of units after 150)
+    args.overrides = {"push-up:epochs": 4}  # it needs ~300 steps here (0.42 of units after 150)
     args.overrides |= {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     args.data = os.path.join(args.root, "data")
     store_uri = os.path.join(args.root, "store")

@@ -121,6 +121,7 @@ class FineTuneRunner(Runner):
     def attack_spec(self, job: TrialJob, **execution: Any) -> AttackSpec:
         """The loop's spec; ``execution`` overrides settings (execution-only ones, or max_steps in tests)."""
         t = {k: job.training[k] for k in LOOP_SETTINGS if k in job.training}
+        t |= {k: job.config[k] for k in LOOP_SETTINGS if job.config.get(k) is not None}  # an entry's own lr
         return AttackSpec(
             dataset=job.dataset, model=job.model, weights=job.weights, variant_key=job.variant_key,
             attack=job.attack, config=job.config, layers=job.layers, units=job.units, alpha=job.alpha,

@@ -69,6 +69,9 @@ COSTS: dict[str, ModelCost] = {
     "efficientnet_b0": ModelCost(forward=1300, train=380),
     "vit_b_32": ModelCost(forward=1000, train=330),
     "alexnet_mini": ModelCost(forward=40000, train=15000),  # 56 px crops
+    "vgg19": ModelCost(forward=250, train=80),  # Heo et al.'s models (ASSUMED, as the others)
+    "densenet121": ModelCost(forward=1000, train=300),
+    "vgg_mini": ModelCost(forward=20000, train=7000),  # 56 px crops
 }
 UNKNOWN_MODEL = ModelCost(forward=900, train=290)  # a model not in the table: costed like resnet50
 EMBED_RATE = {"open_clip": 1000.0, REFERENCE_EMBEDDER: 20000.0}  # ASSUMED embedder images/s (CLIP-δ, CLIP-W)
@@ -298,7 +301,8 @@ def estimate(
     # trials: per attack, and the cost of one (model, variant, attack, layer scope)
     per_attack: dict[str, int] = {}
     for a in spec.attacks:
-        n = len(spec.models) * len(spec.pruning) * len(spec.seeds) * len(family_of(a.name).scopes(a, layers))
+        applicable = sum(family_of(a.name).applies(a, mm.name) for mm in spec.models)
+        n = applicable * len(spec.pruning) * len(spec.seeds) * len(family_of(a.name).scopes(a, layers))
         per_attack[a.name] = per_attack.get(a.name, 0) + n
     per_epoch = math.ceil(n_train / t.batch_size)
     steps = t.max_steps or t.epochs * per_epoch
@@ -307,8 +311,9 @@ def estimate(
 
     def attack_seconds(model: str, entry: Any) -> float:
         c = cost_of(model)
-        extra = family_of(entry.name).extra_images_per_step(entry)
-        gpu = t.batch_size / c.forward + (t.batch_size + extra) / c.train
+        fam = family_of(entry.name)
+        extra = fam.extra_images_per_step(entry)
+        gpu = t.batch_size / c.forward + fam.step_cost * (t.batch_size + extra) / c.train
         crop = _crop(model)
         cached = n_train * 3 * crop * crop * 4 <= CACHE_MB * 2**20  # float32 pixels, as TrainStream
         step = gpu if cached else max(gpu, t.batch_size / decode)
@@ -318,6 +323,12 @@ def estimate(
     embed_rate = EMBED_RATE.get(m.embedder.partition(":")[0], EMBED_RATE["open_clip"])
 
     def trial_cost(model: str, entry: Any, scope: tuple[str, ...], u: Mapping[str, int]) -> dict[str, float]:
+        fam = family_of(entry.name)
+        if not fam.needs_tables:  # its own measurement (e.g. FSR maps), no tables, no embedder
+            p = param_count(model)
+            return {"attack": attack_seconds(model, entry), "final": fam.evaluation_images(entry) / cost_of(model).train,
+                    "metrics": 0.0, "attack_bytes": 4 * p + KEEP_CHECKPOINTS * 12 * p, "final_bytes": 0.0,
+                    "metrics_bytes": METRICS_STAGE_BYTES}  # fmt: skip
         final = sum(fwd(model, sizes[s]) for s in needed) + fwd(model, n_val)  # tables + final Acc on V
         embed = sum(min(sizes[s], 2 * m.k * sum(u[ly] for ly in scope)) for s in m.splits) / embed_rate
         p = param_count(model)
@@ -355,15 +366,17 @@ def estimate(
                 prune_bytes += 4 * param_count(model)
                 if pruner.ranking_attack:
                     ranking_runs.add((model, p.layer, pruner.ranking_attack))
-            init_secs += fwd(model, n_train + n_val) + fwd(model, n_val)  # tables of θ0 + Acc(θ0) on V
+            if layers:  # tables of θ0 + Acc(θ0) on V (families without unit tables need none)
+                init_secs += fwd(model, n_train + n_val) + fwd(model, n_val)
             init_bytes += sum((n_train + n_val) * row_bytes(u[ly]) for ly in layers)
-            for a in spec.attacks:
+            for a in (a for a in spec.attacks if family_of(a.name).applies(a, model)):
                 for scope in family_of(a.name).scopes(a, layers):
                     cost = trial_cost(model, a, scope, u)
                     for k in acc:
                         acc[k] += cost[k] * len(spec.seeds)
-                    n_final += len(spec.seeds) * len(scope) * len(needed)
-                    n_metrics += len(spec.seeds) * len(scope) * len(m.splits)
+                    tables = family_of(a.name).needs_tables
+                    n_final += len(spec.seeds) * len(scope) * len(needed) * tables
+                    n_metrics += len(spec.seeds) * (len(scope) * len(m.splits) if tables else 1)
 
     # a pruner with a ranking attack (vulnerability: push-down) ranks units by the CLIP-δ of that
     # attack's run on the base model (phases.variants.ranked_units); the sweep's own unpruned trial serves

@@ -93,7 +93,7 @@ def plan_trials(spec: Any, prep: Prepared) -> list[TrialPlan]:
     plans = []
     entries = sorted(spec.attacks, key=lambda a: attack_order(a.name))
     for v in prep.variants:
-        for entry in entries:
+        for entry in (e for e in entries if family_of(e.name).applies(e, v.model)):
             for layers in family_of(entry.name).scopes(entry, spec.layers):
                 for seed in spec.seeds:
                     plans.append(plan_trial(spec, prep, v, entry, layers, seed))

@@ -295,8 +295,15 @@ class SweepSpec(_Section):
 
     def trial_count(self) -> int:
         """Attack trials: models x pruning x seeds x (per attack: the trials its family makes of the layers)."""
-        per_attack = sum(len(s) for s in self.scopes())
-        return len(self.models) * len(self.pruning) * len(self.seeds) * per_attack
+        per_model = [
+            sum(
+                len(family_of(a.name).scopes(a, self.layers))
+                for a in self.attacks
+                if family_of(a.name).applies(a, m.name)
+            )
+            for m in self.models
+        ]  # an entry may be meant for one model only
+        return sum(per_model) * len(self.pruning) * len(self.seeds)
 
     def trial_formula(self) -> str:
         """How :meth:`trial_count` arises, e.g. '1 model × 1 pruning setting × 1 seed × 2 layers × 3 attacks'."""
@@ -304,6 +311,8 @@ class SweepSpec(_Section):
         head.append(_count(len(self.seeds), "seed"))
         scopes = self.scopes()
         groups = [len(s) for s in scopes]
+        if any(not family_of(a.name).applies(a, m.name) for a in self.attacks for m in self.models):
+            return f"per model, the attacks meant for it × {head[1]} × {head[2]}"
         if len(set(groups)) == 1:
             unit = "layer" if all(len(g) == 1 for g in scopes[0]) else "layer set"
             tail = [_count(groups[0], unit), _count(len(self.attacks), "attack")]

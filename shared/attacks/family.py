@@ -56,11 +56,17 @@ class AttackFamily:
     metrics: ClassVar[tuple[str, ...]] = ()  # metric registry names this family's trials produce
     report_columns: ClassVar[tuple[str, ...]] = ()  # metric names shown in the report, in order
     needs_tables: ClassVar[bool] = True  # trials start from the sweep layers' initial activation tables
+    step_cost: ClassVar[float] = 1.0  # a training step's cost in plain training steps (`vizsweep plan`)
 
     @classmethod
     def scopes(cls, entry: AttackConfig, layers: Sequence[str]) -> tuple[tuple[str, ...], ...]:
         """The layer scope of each trial an entry makes: by default one trial per sweep layer."""
         return tuple((layer,) for layer in layers)
+
+    @classmethod
+    def applies(cls, entry: AttackConfig, model: str) -> bool:
+        """Whether the entry makes trials on ``model`` (an entry may be meant for one model only)."""
+        return True
 
     @classmethod
     def units(cls, entry: AttackConfig) -> str | tuple[int, ...]:
@@ -82,6 +88,11 @@ class AttackFamily:
     @classmethod
     def extra_images_per_step(cls, entry: AttackConfig) -> int:
         """Images forwarded per step beside the training batch (``vizsweep plan``'s cost)."""
+        return 0
+
+    @classmethod
+    def evaluation_images(cls, entry: AttackConfig) -> int:
+        """A family without unit tables: images its measurement forwards and backwards (plan's cost)."""
         return 0
 
     @classmethod

@@ -41,6 +41,8 @@ class SaliencyAttack(AttackConfig):
     interpreter: str = "gradcam"  # the map that is fooled (`vizsweep list interpreters`)
     lambda_: float | None = Field(None, alias="lambda", gt=0)  # Heo's fixed λ; null: the α controller
     alpha: Literal["controlled"] | None = None  # α·L_F + (1−α)·L_C under the accuracy budget (§2)
+    model: str | None = None  # only on this model of the sweep (Heo Table 4's settings differ per model)
+    lr: float | None = Field(None, gt=0)  # Adam learning rate of this entry's trials (null: training.lr)
     layer: str = TARGET  # where maps are read: the model's target layer (§6), or an alias / module path
     classes: tuple[int, int] | None = None  # fool-active: the two classes c1, c2 of the collages
     tested: tuple[str, ...] | None = None  # interpreters whose FSR is measured (null: every registered one)
@@ -83,6 +85,23 @@ class SaliencyAttack(AttackConfig):
         return self
 
 
+def _support_problems(entry: SaliencyAttack, model: str, i: int) -> list[tuple[str, str]]:
+    """Interpreters that cannot explain the model (checked on a meta-device build: no weights, no memory)."""
+    from shared.models.zoo import LayerError, model_info
+
+    info = model_info(model)
+    with torch.device("meta"):
+        built = info.builder(info.num_classes)
+    out = []
+    for field, names in (("interpreter", (entry.interpreter,)), ("tested", entry.tested or ())):
+        for name in names:
+            try:
+                get_interpreter(name).check_model(built)
+            except LayerError as e:
+                out.append((field, f"{name!r} on models[{i}] ({model}): {e}"))
+    return out
+
+
 def _number(v: Any) -> float | None:
     try:
         return None if v in (None, "") else float(v)
@@ -118,6 +137,7 @@ class Saliency(AttackFamily):
     metrics = ("fsr", "acc", "delta_acc", "acc_top5", "delta_acc_top5")
     report_columns = metrics
     needs_tables = False
+    step_cost = 3.0  # the map's gradient kept (create_graph) plus θ0's map: ~3 training steps (ASSUMED)
 
     @classmethod
     def scopes(cls, entry: SaliencyAttack, layers: Sequence[str]) -> tuple[tuple[str, ...], ...]:
@@ -125,7 +145,9 @@ class Saliency(AttackFamily):
 
     @classmethod
     def job_config(cls, entry: SaliencyAttack) -> dict[str, Any]:
-        out = entry.model_dump(mode="json", by_alias=True, exclude={"name", "alpha"})
+        out = entry.model_dump(mode="json", by_alias=True, exclude={"name", "alpha", "model"})
+        if out.get("lr") is None:
+            out.pop("lr", None)
         out["kind"] = KINDS[entry.name]
         out["tested"] = list(entry.tested or interpreter_names())
         if entry.name != "fool-active":
@@ -134,12 +156,25 @@ class Saliency(AttackFamily):
         return out
 
     @classmethod
+    def applies(cls, entry: SaliencyAttack, model: str) -> bool:
+        return entry.model is None or entry.model == model
+
+    @classmethod
     def alpha_controlled(cls, entry: SaliencyAttack) -> bool:
         return entry.name != "saliency-finetune" and entry.lambda_ is None
 
     @classmethod
     def extra_images_per_step(cls, entry: SaliencyAttack) -> int:
         return entry.collage_batch_size if entry.name == "fool-active" else 0
+
+    @classmethod
+    def evaluation_images(cls, entry: SaliencyAttack) -> int:
+        """Maps of θ0 and θ (forward + backward) for every tested interpreter on the test images."""
+        tested = len(entry.tested or interpreter_names())
+        images = (
+            2 * 200 if entry.name == "fool-active" else entry.test_images
+        )  # held-out collages x 2 classes
+        return 2 * tested * images
 
     @classmethod
     def describe(cls, entry: SaliencyAttack) -> str:
@@ -193,13 +228,23 @@ class Saliency(AttackFamily):
         from shared.models.zoo import LayerError, model_info
 
         out = []
+        models = [m for m in parts.get("models") or () if m is not None]
+        if entry.model is not None and models and entry.model not in {m.name for m in models}:
+            out.append(
+                (
+                    "model",
+                    f"{entry.model!r} is not a model of the sweep ({', '.join(m.name for m in models)})",
+                )
+            )
         for i, m in enumerate(parts.get("models") or ()):
-            if m is None:
+            if m is None or not cls.applies(entry, m.name):
                 continue
             try:
                 model_info(m.name).resolve_layer(entry.layer)
             except (LayerError, KeyError) as e:
                 out.append(("layer", f"{e} (models[{i}])"))
+                continue
+            out += _support_problems(entry, m.name, i)
         classes = parts.get("classes")
         if entry.classes is not None and classes is not None and max(entry.classes) >= classes:
             out.append(("classes", f"{list(entry.classes)}: the dataset has classes 0..{classes - 1}"))

@@ -122,6 +122,11 @@ class Interpreter:
     normalise: ClassVar[Literal["max", "minmax"]] = "minmax"  # applied to raw_map's output (§6)
 
     @classmethod
+    def check_model(cls, model: nn.Module) -> None:
+        """Raise :class:`LayerError` when this interpreter cannot explain ``model`` (e.g. LRP_T's rules
+        cover only some architectures); a model built on the meta device is enough."""
+
+    @classmethod
     def description(cls) -> str:
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 

@@ -153,6 +153,10 @@ class LRPT(Interpreter):
 
     normalise = "minmax"
 
+    @classmethod
+    def check_model(cls, model: nn.Module) -> None:
+        sequential_layers(model)
+
     def raw_map(
         self, model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
