@@ -78,7 +78,9 @@ def test_manifest_records_size_and_checksum_and_a_changed_file_is_named(tmp_path
     assert p.uri.endswith("/stage/a.bin") and "checksum" in p.what
     (tmp_path / "stage" / "sub" / "b.bin").write_bytes(b"wor")
     problems = integrity.check(stage, m)
-    assert [str(p) for p in problems] == [f"{store.join(stage, 'sub/b.bin')}: 3 bytes, the manifest records 6"]
+    assert [str(p) for p in problems] == [
+        f"{store.join(stage, 'sub/b.bin')}: 3 bytes, the manifest records 6"
+    ]
     assert integrity.intact_manifest(stage) is None  # a derived stage with a damaged file is not done
     with pytest.raises(integrity.CorruptStage, match=r"stage/a\.bin.*removed it"):
         integrity.read_file(stage, "a.bin", m)
