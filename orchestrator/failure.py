@@ -16,7 +16,7 @@ from shared import store
 
 log = logging.getLogger(__name__)
 
-REASON_CHARS = 400  # one readable line in `vizsweep status`
+REASON_CHARS = 1000  # one readable line in `vizsweep status`
 TAG_FAILURE = "vizsweep.failure"
 
 

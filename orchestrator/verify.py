@@ -116,7 +116,7 @@ def check_stages(uris: list[str], checksums: bool = True, err=sys.stderr) -> lis
             print(f"\rchecksums: {done[0]}/{total} files", end="", file=err, flush=True)
 
     for s in clean:
-        s.problems = integrity.check(s.uri, s.manifest, checksums=True, on_file=tick)
+        s.problems = integrity.check(s.uri, s.manifest, checksums=True, on_file=tick, cached=False)
     if total:
         print(file=err)
     return stages

@@ -51,9 +51,11 @@ class CorruptStage(store.StoreError):
 
     @classmethod
     def of(cls, dir_uri: str, problems: list[Problem], advice: str) -> CorruptStage:
-        shown = "; ".join(map(str, problems[:5])) + (
-            f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
-        )
+        def name(uri: str) -> str:  # the folder is named once; each file by its path inside it
+            return uri[len(dir_uri) + 1 :] if uri.startswith(dir_uri + "/") else uri
+
+        shown = "; ".join(f"{name(p.uri)}: {p.what}" for p in problems[:5])
+        shown += f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
         return cls(f"corrupt files in {dir_uri}: {shown}. {advice}", dir_uri, tuple(problems))
 
 
@@ -70,9 +72,16 @@ def recorded(manifest: dict) -> dict[str, dict]:
 
 
 def check(
-    dir_uri: str, manifest: dict, checksums: bool = False, on_file: Callable[[], None] | None = None
+    dir_uri: str,
+    manifest: dict,
+    checksums: bool = False,
+    on_file: Callable[[], None] | None = None,
+    cached: bool = True,
 ) -> list[Problem]:
-    """The files of a committed stage that differ from its manifest (missing, size, then checksum)."""
+    """The files of a committed stage that differ from its manifest (missing, size, then checksum).
+
+    ``cached=False`` hashes even files that matched earlier in this process (``vizsweep verify``).
+    """
     rec = recorded(manifest)
     sizes = store.file_sizes(dir_uri, rec)
     problems = []
@@ -82,16 +91,16 @@ def check(
             problems.append(Problem(uri, "missing"))
         elif "size" in r and sizes[rel] != r["size"]:
             problems.append(Problem(uri, f"{sizes[rel]} bytes, the manifest records {r['size']}"))
-        elif checksums and "digest" in r and not _checksum_ok(uri, r):
+        elif checksums and "digest" in r and not _checksum_ok(uri, r, cached):
             problems.append(Problem(uri, "checksum differs from the manifest's (the contents changed)"))
         if on_file is not None:
             on_file()
     return problems
 
 
-def _checksum_ok(uri: str, r: dict) -> bool:
+def _checksum_ok(uri: str, r: dict, cached: bool = True) -> bool:
     """Hash the file unless it already matched in this process (then cached)."""
-    if _seen(uri, r):
+    if cached and _seen(uri, r):
         return True
     ok = store.digest_file(uri) == _pair(r)
     if ok:
