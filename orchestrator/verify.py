@@ -133,7 +133,8 @@ def cmd_verify(store_uri: str, sweep_id: str | None, quick: bool = False, repair
             integrity.clear(s.uri)
         print(f"corrupt {s.label()}: {s.uri}")
         for p in s.problems:
-            print(f"  {posixpath.basename(p.uri)}: {p.what}  ({p.uri})")
+            rel = p.uri[len(s.uri) + 1 :] if p.uri.startswith(s.uri + "/") else posixpath.basename(p.uri)
+            print(f"  {rel}: {p.what}")
         print(f"  -> {s.action(fixed)}")
     scope = f"sweep {sweep_id}" if sweep_id else f"store {store.normalize(store_uri)}"
     how = "sizes only" if quick else "sizes and checksums"

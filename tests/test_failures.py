@@ -72,6 +72,8 @@ def test_a_launch_on_a_damaged_shard_is_marked_failed_with_the_file_named(tmp_pa
     assert (
         "corrupt dataset" in out and "part-00001.parquet: 100 bytes" in out and "vizsweep data synth" in out
     )
+    assert main(["verify", sid, "--store", spec.store, "--quick"]) == 1  # the stages this sweep uses
+    assert "parquet/train/part-00001.parquet: 100 bytes" in capsys.readouterr().out
 
 
 def test_a_launch_failing_after_mlflow_marks_the_runs_failed_and_resume_is_allowed(
