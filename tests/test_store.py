@@ -31,8 +31,11 @@ def _roundtrip(root: str) -> None:
     assert store.read_bytes(store.join(stage, "a.bin")) == b"hello"
     with pytest.raises(store.StoreError, match="not complete"):
         store.committed_files(stage)
-    store.write_manifest(stage, {"files": ["a.bin"]})
+    m = store.write_manifest(stage, {"files": ["a.bin"]})
     assert store.is_done(stage)
+    from shared import integrity
+
+    assert m["integrity"]["files"]["a.bin"]["size"] == 5 and integrity.check(stage, m, checksums=True) == []
     assert store.committed_files(stage) == [store.join(stage, "a.bin")]
     assert [f.rsplit("/", 1)[-1] for f in store.listdir(stage)] == ["_MANIFEST.json", "a.bin"]
     store.delete(stage)
