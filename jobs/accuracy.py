@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared import store
+from shared import integrity, store
 from shared.progress import Progress, no_progress
 
 CODE_VERSION = "accuracy-v1"
@@ -94,9 +94,11 @@ def run_accuracy(
     out = accuracy_uri(store_uri, variant_key, state_key, split)
     ident = {"model": model, "weights": weights, "split": split}
     key = store.content_key(ident, dataset_id(dataset), CODE_VERSION)
-    done = store.read_manifest(out)
+    done = integrity.intact_manifest(out)
     if done is not None and done.get("key") == key:
         return AccuracyResult(out, done["acc"], done["correct"], done["rows"], done["corrupt"], True)
+    integrity.check_dataset(dataset, split)  # a damaged shard is named, with its re-import
+    integrity.prepare_recompute(out)
     t0 = time.time()
     preds, labels, corrupt = _predict(
         dataset, split, model, weights, device, batch_size, num_actors, progress

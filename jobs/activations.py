@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from ray.data import Datasink
 
-from shared import store
+from shared import integrity, store
 from shared.progress import Progress, no_progress
 
 CODE_VERSION = "activations-v1"
@@ -155,7 +155,7 @@ class LayerTablesSink(Datasink):
 
     def write(self, blocks, ctx) -> dict:
         store.configure(self.s3)
-        files: dict[str, list[tuple[str, int]]] = {layer: [] for layer in self.dirs}
+        files: dict[str, list[tuple[str, int, dict]]] = {layer: [] for layer in self.dirs}
         rows = corrupt = 0
         corrupt_ids: list[str] = []
         for i, block in enumerate(blocks):
@@ -178,10 +178,11 @@ class LayerTablesSink(Datasink):
                         SCORES: table.column(f"{SCORES}.{layer}"),
                     }
                 )
-                fs, path = store.resolve(store.join(dir_uri, name))
-                fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-                pq.write_table(out, path, filesystem=fs, compression="zstd")
-                files[layer].append((name, out.num_rows))
+                buf = pa.BufferOutputStream()
+                pq.write_table(out, buf, compression="zstd")
+                data = buf.getvalue().to_pybytes()
+                store.write_bytes(store.join(dir_uri, name), data)
+                files[layer].append((name, out.num_rows, store.file_record(data)))  # size + checksum
             if self.counter is not None:
                 self.counter.add.remote(table.num_rows + int((~ok).sum()))
         return {"files": files, "rows": rows, "corrupt": corrupt, "corrupt_ids": corrupt_ids}
@@ -233,6 +234,7 @@ def check_spec(spec: ActivationsSpec) -> None:
     for layer in spec.layers:
         info.resolve_layer(layer)  # LayerError lists the valid names
     list_shards(spec.dataset, spec.split)  # DatasetError names the path and split
+    integrity.check_dataset(spec.dataset, spec.split)  # a damaged shard is named, with its re-import
     if "://" in spec.weights or "/" in spec.weights or spec.weights.endswith((".pt", ".pth")):
         if not store.exists(spec.weights):
             raise FileNotFoundError(
@@ -260,7 +262,7 @@ def run_activations(
         layer: table_uri(store_uri, spec.variant_key, layer, spec.state_key, spec.split)
         for layer in spec.layers
     }
-    manifests = {layer: store.read_manifest(d) for layer, d in all_dirs.items()}
+    manifests = {layer: integrity.intact_manifest(d) for layer, d in all_dirs.items()}
     done = {layer for layer, m in manifests.items() if m is not None and m.get("key") == keys[layer]}
     if len(done) == len(spec.layers):
         m0 = manifests[spec.layers[0]]
@@ -269,6 +271,8 @@ def run_activations(
         )
     # Only the layers without a committed table are computed; the others are reused as they are.
     dirs = {layer: d for layer, d in all_dirs.items() if layer not in done}
+    for d in dirs.values():
+        integrity.prepare_recompute(d)  # a damaged or outdated table's files go first
 
     gpus = free_gpus()
     total = split_size(spec.dataset, spec.split)
@@ -325,8 +329,8 @@ def run_activations(
     _write_with_progress(ds, sink, counter, total, progress)
     res = sink.result
     for layer, d in dirs.items():
-        files = sorted(res["files"][layer])
-        _sweep_stale(d, {f for f, _ in files})
+        files = sorted(res["files"][layer], key=lambda f: f[0])
+        _sweep_stale(d, {f for f, _, _ in files})
         first = (
             pq.read_schema(store.resolve(store.join(d, files[0][0]))[1], filesystem=store.resolve(d)[0])
             if files
@@ -338,7 +342,7 @@ def run_activations(
                 "kind": "activations",
                 "key": keys[layer],
                 "producer": CODE_VERSION,
-                "files": [f for f, _ in files],
+                "files": [f for f, _, _ in files],
                 "rows": res["rows"],
                 "units": first.field(SCORES).type.list_size if first is not None else 0,
                 "corrupt": res["corrupt"],
@@ -356,6 +360,7 @@ def run_activations(
                     "limit": spec.limit,
                 },
             },
+            known={f: rec for f, _, rec in files},
         )
     ray.kill(counter)
     return ActivationsResult(
@@ -398,11 +403,14 @@ def _sweep_stale(dir_uri: str, keep: set[str]) -> None:
 def iter_table(
     dir_uri: str, batch_rows: int = 4096, columns: list[str] | None = None
 ) -> Iterator[pa.RecordBatch]:
-    """Stream a committed table's rows (only the files its manifest names)."""
-    for f in store.committed_files(dir_uri):
-        fs, path = store.resolve(f)
-        pf = pq.ParquetFile(fs.open_input_file(path))
-        yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
+    """Stream a committed table's rows (only the files its manifest names, checked against it)."""
+    m = store.read_manifest(dir_uri)
+    if m is None:
+        raise store.StoreError(
+            f"activation table {dir_uri} is not complete: no {store.MANIFEST} (compute it)"
+        )
+    for f in m.get("files", []):
+        yield from integrity.iter_parquet(dir_uri, f, m, batch_size=batch_rows, columns=columns)
 
 
 def scores_of(batch: pa.RecordBatch) -> np.ndarray:

@@ -24,7 +24,6 @@ the same key is skipped before Ray or the embedder is touched.
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -47,7 +46,7 @@ from jobs.metrics_inputs import (
     unit_states,
 )
 from jobs.topk import run_topk
-from shared import store
+from shared import integrity, store
 from shared.metrics import (
     alive_units,
     clip_delta,
@@ -219,7 +218,7 @@ def _lookup(spec: MetricsSpec, store_uri: str):
     dirs = {ls: metrics_uri(store_uri, spec.variant_key, spec.final_state_key, *ls) for ls in keys}
     per: dict[tuple[str, str], LayerSplitMetrics] = {}
     for ls in keys:
-        m = store.read_manifest(dirs[ls])
+        m = integrity.intact_manifest(dirs[ls])  # damaged files: not done, computed again
         if m is not None and m.get("key") == keys[ls]:
             per[ls] = _from_manifest(ls, dirs[ls], m)
     return acts, keys, dirs, per
@@ -357,6 +356,7 @@ def _layer_tables(s_init, s_final, units, inputs, states) -> dict[str, pa.Table]
 def _commit(spec, ls, out, key, table, accs, topks, classes, record) -> LayerSplitMetrics:
     """Parquet, then the picture, then the manifest (last: nothing half-written looks done)."""
     layer, split = ls
+    integrity.prepare_recompute(out)  # a damaged or outdated commit's files go first
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf)
     store.write_bytes(store.join(out, TABLE), buf.getvalue().to_pybytes())
@@ -405,5 +405,8 @@ def _from_manifest(ls: tuple[str, str], out: str, m: dict) -> LayerSplitMetrics:
 
 def read_unit_metrics(metrics_dir: str) -> pa.Table:
     """The committed per-unit table of one (layer, split) folder."""
-    (f, *_) = store.committed_files(metrics_dir)
-    return pq.read_table(io.BytesIO(store.read_bytes(f)))
+    m = store.read_manifest(metrics_dir)
+    if m is None:
+        raise store.StoreError(f"metrics stage {metrics_dir} is not complete: no {store.MANIFEST} (run it)")
+    return integrity.read_parquet(metrics_dir, m["files"][0], m)
+

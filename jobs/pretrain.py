@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared import store
+from shared import integrity, store
 from shared.dataset_meta import dataset_id
 from shared.datasets import Preprocess, decode_image, iter_records
 from shared.device import autocast, pick_device
@@ -79,9 +79,12 @@ def run_pretrain(spec: PretrainSpec, store_uri: str, progress: Progress = no_pro
     key = store.content_key(spec, dataset_id(spec.dataset), CODE_VERSION)
     out = model_dir(store_uri, key)
     model_uri = store.join(out, "model.pt")
-    done = store.read_manifest(out)
+    done = integrity.intact_manifest(out)  # a damaged checkpoint: trained again
     if done is not None:
         return PretrainResult(model_uri, key, float(done["val_acc"]), True, time.time() - t0)
+    for split in (spec.train_split, spec.val_split):
+        integrity.check_dataset(spec.dataset, split)  # a damaged shard is named, with its re-import
+    integrity.prepare_recompute(out)
 
     device = pick_device(spec.device)
     info = model_info(spec.model)

@@ -37,7 +37,7 @@ from torch import nn
 from jobs.accuracy import run_accuracy
 from jobs.attack_data import split_index, steps_per_epoch
 from jobs.train_stream import TrainStream
-from shared import store
+from shared import integrity, store
 from shared.dataset_meta import dataset_id
 from shared.device import pick_device
 from shared.models import model_info, save_checkpoint
@@ -133,7 +133,7 @@ def run_prune(spec: PruneSpec, store_uri: str, progress: Progress = no_progress)
     key = prune_key(spec)
     out = store.join(store_uri, "models", key)
     model_uri = store.join(out, "model.pt")
-    done = store.read_manifest(out)
+    done = integrity.intact_manifest(out)  # a damaged checkpoint: pruned again
     if done is not None:
         imap = store.join(out, "index_map.json") if "index_map.json" in done["files"] else None
         return PruneResult(
@@ -143,6 +143,8 @@ def run_prune(spec: PruneSpec, store_uri: str, progress: Progress = no_progress)
 
     from jobs.raysetup import ensure_ray
 
+    integrity.check_dataset(spec.dataset, spec.train_split)  # a damaged shard is named, with its re-import
+    integrity.prepare_recompute(out)
     ensure_ray()  # the stream and the accuracy stage run on Ray Data (joins a running cluster)
     device = pick_device(spec.device)
     info = model_info(spec.model)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from jobs.activations import iter_table, scores_of
-from shared import store
+from shared import integrity, store
 from shared.grid import GridRow, render_grid
 from shared.progress import Progress, no_progress
 from shared.topk import StreamingTopK, topk_sets
@@ -38,16 +38,21 @@ def topk_uri(table_dir: str, k: int) -> str:
 def run_topk(table_dir: str, k: int = 10, progress: Progress = no_progress) -> TopKResult:
     """Streaming top-k of every unit (memory O(k x units), whatever the table's size)."""
     t0 = time.time()
-    m = store.read_manifest(table_dir)
+    m = integrity.intact_manifest(table_dir)
     if m is None:
         raise FileNotFoundError(
-            f"activation table {table_dir} is not committed (no _MANIFEST.json): compute it first"
+            f"activation table {table_dir} is not committed (no _MANIFEST.json) or its files are damaged: "
+            "compute it first (a launch or resume recomputes it)"
         )
     out = topk_uri(table_dir, k)
     key = store.content_key(m["key"], k, CODE_VERSION)
-    done = store.read_manifest(out)
+    done = integrity.intact_manifest(out)
     if done is not None and done.get("key") == key:
-        return TopKResult(out, read_topk(out), True, time.time() - t0)
+        try:
+            return TopKResult(out, read_topk(out), True, time.time() - t0)
+        except integrity.CorruptStage as e:  # removed by the read: computed again below
+            integrity.log.warning("%s", e)
+    integrity.prepare_recompute(out)
     acc = StreamingTopK(m["units"], k)
     for batch in iter_table(table_dir):
         acc.update(
@@ -76,8 +81,12 @@ def run_topk(table_dir: str, k: int = 10, progress: Progress = no_progress) -> T
 
 
 def read_topk(topk_dir: str) -> pa.Table:
-    (f,) = store.committed_files(topk_dir)
-    return pq.read_table(io.BytesIO(store.read_bytes(f)))
+    """The committed top-k table, checked against its manifest (a damaged one is named and removed)."""
+    m = store.read_manifest(topk_dir)
+    if m is None:
+        raise store.StoreError(f"top-k stage {topk_dir} is not complete: no {store.MANIFEST} (run it)")
+    (f,) = m["files"]
+    return integrity.read_parquet(topk_dir, f, m)
 
 
 def render_topk_grid(

@@ -182,6 +182,20 @@ def _add_list(sub: argparse._SubParsersAction) -> None:
     li.add_argument("kind", help="attacks | embedders | interpreters | metrics | models | pruners")
 
 
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    v = sub.add_parser(
+        "verify",
+        help="check committed files against their manifests (sizes, checksums); exit 1 when any is corrupt",
+    )
+    v.add_argument(
+        "sweep", nargs="?", help="only the stages this sweep's plan uses (default: the whole store)"
+    )
+    v.add_argument("--store", default=DEFAULT_STORE)
+    v.add_argument("--quick", action="store_true", help="sizes only (no checksums: one listing per folder)")
+    v.add_argument("--repair", action="store_true",
+                   help="remove corrupt derived stages now, so the next launch or resume recomputes them")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="vizsweep", description=DESCRIPTION)
     ap.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
@@ -192,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweeps(sub)
     _add_plan(sub)
     _add_list(sub)
+    _add_verify(sub)
     return ap
 
 
@@ -235,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_sweep_demo(args.spec)
         if args.cmd in ("launch", "status", "resume", "report", "ui"):
             return _cmd_sweep(args)
+        if args.cmd == "verify":
+            from orchestrator.verify import cmd_verify
+
+            return cmd_verify(args.store, args.sweep, quick=args.quick, repair=args.repair)
     except UsageError as e:
         print(f"vizsweep: error: {e}", file=sys.stderr)
         return 2
@@ -242,6 +261,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Library errors carry the offending value and the valid choices already.
         print(f"vizsweep: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # a damaged store file: named, with what to do (shared.integrity)
+        from shared.store import StoreError
+
+        if not isinstance(e, StoreError):
+            raise
+        print(f"vizsweep: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

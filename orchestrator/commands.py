@@ -186,6 +186,8 @@ def cmd_status(store_uri: str, sweep_id: str | None) -> int:
             started = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.get("started", 0)))
             print(f"{s.get('sweep_id', '?'):<32} {s.get('state', '?'):<10} {s.get('trials', '?'):>6} "
                   f"{s.get('done', 0):>5} {s.get('failed_count', 0):>6}  {started}")  # fmt: skip
+            if s.get("state") == "failed" and s.get("reason"):
+                print(f"  why: {s['reason']}")
         return 0
     d = find_sweep(store_uri, sweep_id)
     status = store.read_json(store.join(d, "status.json"))
@@ -207,7 +209,10 @@ def cmd_status(store_uri: str, sweep_id: str | None) -> int:
           f"{counts['pending']} pending of {len(rows)})")  # fmt: skip
     for name, state in rows:
         print(f"  {state:<8} {name}")
-    if status.get("state") not in ("done",) and not _alive(status.get("driver_pid") or -1):
+    if status.get("state") == "failed":
+        print(f"failed: {status.get('reason') or 'no reason recorded'}")
+        print(f"start again from what is done:  vizsweep resume {sweep_id}")
+    elif status.get("state") not in ("done",) and not _alive(status.get("driver_pid") or -1):
         print(f"the driver is gone: continue with  vizsweep resume {sweep_id}")
     return 0
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobs.raysetup import ensure_ray
+from orchestrator.failure import mark_launch_failed
 from orchestrator.phases.attacks import log_stored, run_trials
 from orchestrator.phases.prepare import prepare
 from orchestrator.phases.tables import initial_tables
@@ -53,12 +54,26 @@ BAR_UNITS = (("data", "img"), ("variants", "variant"), ("ranking", "step"))  # d
 
 
 def launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None) -> SweepResult:
-    """Run (or finish) the sweep ``spec``; returns when every trial has ended."""
+    """Run (or finish) the sweep ``spec``; returns when every trial has ended.
+
+    Any exception marks the sweep ``failed`` with its reason (status.json, MLflow runs FAILED),
+    then propagates; ``vizsweep resume`` starts again from what is done.
+    """
+    try:
+        return _launch(spec, quiet=quiet, max_concurrent=max_concurrent)
+    except BaseException as e:
+        sid = sweep_id_for(spec)
+        mark_launch_failed(sweep_dir(spec.store, sid), sid, e)
+        raise
+
+
+def _launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None) -> SweepResult:
     t0 = time.time()
     sid = sweep_id_for(spec)
     sdir = sweep_dir(spec.store, sid)
     store.write_json(store.join(sdir, "spec.json"), spec.to_dict())
-    write_status(sdir, sweep_id=sid, name=spec.name, state="preparing", driver_pid=os.getpid(), started=t0)
+    write_status(sdir, sweep_id=sid, name=spec.name, state="preparing", driver_pid=os.getpid(), started=t0,
+                 reason=None)  # fmt: skip
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     bars: list[Bar] = []
 
@@ -108,6 +123,7 @@ def launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None)
         progress.close()
     state = "failed" if failed else "done"
     tracker.finish_parent(sid, "FAILED" if failed else "FINISHED")
-    write_status(sdir, state=state, failed=failed, stopped=stopped, finished=time.time())
+    reason = f"{len(failed)} trial(s) failed: {', '.join(failed)}" if failed else None
+    write_status(sdir, state=state, failed=failed, stopped=stopped, finished=time.time(), reason=reason)
     return SweepResult(sid, tracking_uri, experiment_id, parent, len(plans), len(todo), len(done),
                        failed, stopped, time.time() - t0)  # fmt: skip

@@ -9,7 +9,8 @@ def dataset_id(uri: str) -> str:
     """A content key for a dataset: its manifest when it has one, else its shard names and sizes."""
     m = store.read_manifest(uri)
     if m is not None:
-        return store.content_key({k: v for k, v in m.items() if k != "created_at"})
+        # the integrity record describes the files, not the data: a dataset keeps its id when it is added
+        return store.content_key({k: v for k, v in m.items() if k not in ("created_at", "integrity")})
     fs, path = store.resolve(uri)
     import pyarrow.fs as pafs
 

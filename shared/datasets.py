@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from shared import store
+from shared import integrity, store
 
 if TYPE_CHECKING:
     import ray.data
@@ -198,13 +198,16 @@ def standardize(table: pa.Table | pa.RecordBatch, shard: str | None = None, star
 
 def _iter_parquet(shard: str) -> Iterator[pa.Table]:
     fs, path = store.resolve(shard)
-    with fs.open_input_file(path) as f:
-        pf = pq.ParquetFile(f)
-        cols = parquet_columns(pf.schema_arrow, shard)
-        row = 0
-        for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=cols):
-            yield standardize(batch, shard, row)
-            row += batch.num_rows
+    try:
+        with fs.open_input_file(path) as f:
+            pf = pq.ParquetFile(f)
+            cols = parquet_columns(pf.schema_arrow, shard)
+            row = 0
+            for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=cols):
+                yield standardize(batch, shard, row)
+                row += batch.num_rows
+    except (pa.ArrowException, OSError) as e:  # a damaged shard: name it and its re-import
+        raise integrity.shard_error(shard, e) from e
 
 
 # --- webdataset --------------------------------------------------------------------
@@ -376,7 +379,11 @@ def read_records(uri: str, split: str, layout: str | None = None) -> ray.data.Da
     fs, _ = store.resolve(uri)
     if layout in ("parquet", "webdataset"):
         if layout == "parquet":  # a shard without the needed columns fails here, on the driver
-            parquet_columns(pq.read_schema(store.resolve(shards[0])[1], filesystem=fs), shards[0])
+            try:
+                schema = pq.read_schema(store.resolve(shards[0])[1], filesystem=fs)
+            except (pa.ArrowException, OSError) as e:
+                raise integrity.shard_error(shards[0], e) from e
+            parquet_columns(schema, shards[0])
         items = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
         return items.map_batches(
             partial(_read_shards, uri=uri, split=split, layout=layout, s3=store.current_s3()),

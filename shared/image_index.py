@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from shared import store
+from shared import integrity, store
 from shared.datasets import (
     DatasetError,
     detect_layout,
@@ -58,6 +58,13 @@ def _relative(root: str, shard: str) -> str:
 
 
 def _index_parquet(shard: str, rel: str) -> Iterable[dict[str, Any]]:
+    try:
+        yield from _index_parquet_rows(shard, rel)
+    except (pa.ArrowException, OSError) as e:  # a damaged shard: name it and its re-import
+        raise integrity.shard_error(shard, e) from e
+
+
+def _index_parquet_rows(shard: str, rel: str) -> Iterable[dict[str, Any]]:
     """Ids and labels only: the image column is never read (image.path only when there is no id column)."""
     fs, path = store.resolve(shard)
     with fs.open_input_file(path) as f:
@@ -164,22 +171,32 @@ def fetch_images(
             for e in entries:
                 out[e["image_id"]] = store.read_bytes(shard)
             continue
-        fs, path = store.resolve(shard)
-        with fs.open_input_file(path) as f:
-            if layout == "webdataset":
-                for e in entries:
-                    out[e["image_id"]] = f.read_at(e["size"], e["offset"])
-                continue
-            pf = pq.ParquetFile(f)
-            image_col = "image.bytes" if pa.types.is_struct(pf.schema_arrow.field("image").type) else "image"
-            starts = [0]
-            for rg in range(pf.num_row_groups):
-                starts.append(starts[-1] + pf.metadata.row_group(rg).num_rows)
-            groups: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        try:
+            out.update(_shard_images(shard, layout, entries))
+        except (pa.ArrowException, OSError) as e:  # a damaged shard: name it and its re-import
+            raise integrity.shard_error(shard, e) from e
+    return out
+
+
+def _shard_images(shard: str, layout: str, entries: list[dict[str, Any]]) -> dict[str, bytes]:
+    """The images of ``entries`` from one tar or Parquet shard (byte ranges or row groups only)."""
+    out: dict[str, bytes] = {}
+    fs, path = store.resolve(shard)
+    with fs.open_input_file(path) as f:
+        if layout == "webdataset":
             for e in entries:
-                groups[e["row_group"]].append(e)
-            for rg, members in groups.items():
-                data, _ = image_parts(pf.read_row_group(rg, columns=[image_col]).column("image"))
-                for e in members:
-                    out[e["image_id"]] = data[e["row"] - starts[rg]].as_py()
+                out[e["image_id"]] = f.read_at(e["size"], e["offset"])
+            return out
+        pf = pq.ParquetFile(f)
+        image_col = "image.bytes" if pa.types.is_struct(pf.schema_arrow.field("image").type) else "image"
+        starts = [0]
+        for rg in range(pf.num_row_groups):
+            starts.append(starts[-1] + pf.metadata.row_group(rg).num_rows)
+        groups: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for e in entries:
+            groups[e["row_group"]].append(e)
+        for rg, members in groups.items():
+            data, _ = image_parts(pf.read_row_group(rg, columns=[image_col]).column("image"))
+            for e in members:
+                out[e["image_id"]] = data[e["row"] - starts[rg]].as_py()
     return out

@@ -99,6 +99,9 @@ def test_corrupt_images_are_counted_not_fatal(setup, ray_local, tmp_path):
         t.schema.get_field_index("image"), "image", pa.array(images, t.schema.field("image").type)
     )
     pq.write_table(t, shard)
+    # as if imported so: the manifest records the shard with its bad images (else it reads as damaged)
+    m = store.read_manifest(data)
+    store.write_manifest(data, {k: v for k, v in m.items() if k not in ("created_at", "integrity")})
     res = run_activations(_spec(setup, dataset=data, layers=("conv5",)), str(tmp_path / "store"))
     assert res.corrupt == 2 and sorted(res.corrupt_ids) == sorted(bad_ids)
     assert res.rows == 48 - 2
