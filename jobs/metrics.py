@@ -409,4 +409,3 @@ def read_unit_metrics(metrics_dir: str) -> pa.Table:
     if m is None:
         raise store.StoreError(f"metrics stage {metrics_dir} is not complete: no {store.MANIFEST} (run it)")
     return integrity.read_parquet(metrics_dir, m["files"][0], m)
-

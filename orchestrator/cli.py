@@ -190,7 +190,7 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
     v.add_argument(
         "sweep", nargs="?", help="only the stages this sweep's plan uses (default: the whole store)"
     )
-    v.add_argument("--store", default=DEFAULT_STORE)
+    v.add_argument("--store", default=None, help=SWEEP_STORE_HELP)
     v.add_argument("--quick", action="store_true", help="sizes only (no checksums: one listing per folder)")
     v.add_argument("--repair", action="store_true",
                    help="remove corrupt derived stages now, so the next launch or resume recomputes them")  # fmt: skip
@@ -251,9 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd in ("launch", "status", "resume", "report", "ui"):
             return _cmd_sweep(args)
         if args.cmd == "verify":
+            from orchestrator.commands import resolve_store
             from orchestrator.verify import cmd_verify
 
-            return cmd_verify(args.store, args.sweep, quick=args.quick, repair=args.repair)
+            return cmd_verify(resolve_store(args.store)[0], args.sweep, quick=args.quick, repair=args.repair)
     except UsageError as e:
         print(f"vizsweep: error: {e}", file=sys.stderr)
         return 2

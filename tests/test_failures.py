@@ -32,8 +32,8 @@ def _spec(root: Path, data: Path, name: str) -> dict:
         "dataset": {"uri": str(data)},
         "models": [{"name": "alexnet_mini", "weights": "pretrain"}],
         "layers": ["conv5"],
-        "attacks": [{"name": "finetune"}],
-        "training": {"batch_size": 8, "epochs": 1, "max_steps": 2, "eval_images": 16, "k": 2},
+        "attacks": [{"name": "finetune", "k": 2}],
+        "training": {"batch_size": 8, "epochs": 1, "max_steps": 2, "eval_images": 16},
         "metrics": {"embedder": "reference", "k": 2, "tau_images": 8},
     }
 
