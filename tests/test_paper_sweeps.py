@@ -159,7 +159,7 @@ def test_plan_reads_a_local_manifest_and_options(capsys, tmp_path):
 
 def test_plan_bad_spec_exits_2(capsys, tmp_path):
     rc, _, err = _plan(capsys, str(tmp_path / "missing.yaml"))
-    assert rc == 2 and "cannot read the spec" in err
+    assert rc == 2 and "no such file" in err
     bad = tmp_path / "bad.yaml"
     bad.write_text(QUICKSTART.read_text().replace("name: push-up", "name: push-sideways"))
     rc, _, err = _plan(capsys, str(bad))
