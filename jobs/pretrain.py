@@ -36,7 +36,7 @@ class PretrainSpec:
     train_split: str = "train"  # split to train on
     val_split: str = "val"  # split whose top-1 accuracy is reported
     model: str = "alexnet_mini"  # registered model name (shared.models)
-    epochs: int = 16  # passes over the train split
+    epochs: int | None = None  # passes over the train split (None: the model's ModelInfo.pretrain_epochs)
     batch_size: int = 64  # images per optimizer step
     lr: float = 2e-3  # peak AdamW learning rate of the one-cycle schedule
     weight_decay: float = 5e-4  # AdamW decoupled weight decay
@@ -49,7 +49,9 @@ class PretrainSpec:
     max_minutes: float | None = None  # stop early after this much training time (recorded in the manifest)
 
     def __post_init__(self) -> None:
-        model_info(self.model)  # unknown names fail here, listing the valid ones
+        info = model_info(self.model)  # unknown names fail here, listing the valid ones
+        if self.epochs is None:
+            object.__setattr__(self, "epochs", info.pretrain_epochs)
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

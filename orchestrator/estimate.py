@@ -286,7 +286,7 @@ def estimate(
     for ms in spec.models:
         kinds.append(f"{ms.name} ({ms.weights_kind})")
         if ms.weights_kind == "pretrain":
-            secs += in_memory(ms.name, PRETRAIN_EPOCHS)
+            secs += in_memory(ms.name, _pretrain_epochs(ms.name))
             nbytes += 4 * param_count(ms.name)
     stages["base_models"] = _stage(len(spec.models), secs, nbytes, ", ".join(kinds))
     if m.embedder == REFERENCE_EMBEDDER:
@@ -459,6 +459,12 @@ def estimate(
         "totals": {"gpu_hours": gpu_hours, "storage_bytes": storage, "usd": gpu_hours * USD_PER_GPU_HOUR},
         "warnings": warnings,
     }
+
+
+def _pretrain_epochs(model: str) -> int:
+    from shared.models.zoo import model_info
+
+    return model_info(model).pretrain_epochs
 
 
 def _crop(model: str) -> int:
