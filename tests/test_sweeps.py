@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.spec import load_spec
+from shared.attacks.featureviz import FeatureViz
 from tests.services import wait_until
 
 pytestmark = pytest.mark.slow
@@ -38,7 +39,8 @@ def tiny_spec(root: Path, name: str, **over) -> dict:
                 "eval_images": 64}  # fmt: skip
     training.update(over.pop("training", {}))
     attacks = over.pop("attacks", [{"name": "finetune"}, {"name": "push-down"}])
-    over["attacks"] = [{"k": 5, "decoy_images": 10, **a} for a in attacks]  # the family's settings, small
+    small = {"k": 5, "decoy_images": 10}  # the thesis family's settings, small
+    over["attacks"] = [{**small, **a} if a["name"] in FeatureViz.attacks else a for a in attacks]
     spec = {
         "name": name,
         "store": str(root / "store"),
@@ -266,6 +268,9 @@ def test_driver_sigkill_then_resume_finishes_only_the_unfinished(tmp_path, root)
         alpha=NO_BUDGET,
         training={"batch_size": 64, "epochs": 40, "max_steps": None, "evals_per_epoch": 2},
     )
+    # a second family through the same resume path: saliency fooling of Grad-CAM at conv5
+    raw["attacks"].append({"name": "fool-topk", "interpreter": "gradcam", "lambda": 1.0, "layer": "conv5",
+                           "tested": ["gradcam"], "test_images": 32, "picture_images": 0})  # fmt: skip
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(raw))
     spec = load_spec(str(path))
@@ -299,7 +304,7 @@ def test_driver_sigkill_then_resume_finishes_only_the_unfinished(tmp_path, root)
     assert rc.returncode == 0, rc.stdout[-3000:] + rc.stderr[-3000:]
     runs = _runs(spec.tracking_uri, sid)
     states = {r.info.run_name: (r.info.status, r.data.tags.get("vizsweep.status")) for r in runs}
-    assert len(runs) == 2 and all(s == "FINISHED" for s, _ in states.values()), (
+    assert len(runs) == 3 and all(s == "FINISHED" for s, _ in states.values()), (
         f"{states}; finished before the kill: {finished_before}\n{rc.stdout[-3000:]}"
     )
     for r in runs:
