@@ -121,7 +121,7 @@ def test_local_sweep_report_status_and_second_launch_trains_nothing(root, capsys
     assert main(["report", first.sweep_id, *store_arg, "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["sweep"] == first.sweep_id and len(doc["rows"]) == 6
-    assert set(doc["rows"][0]) == {"model", "prune_method", "prune_rate", "layer", "attack", "split", "clip_delta",
+    assert set(doc["rows"][0]) == {"family", "model", "prune_method", "prune_rate", "layer", "attack", "split", "clip_delta",
                                    "kendall_tau", "clip_w", "kendall_tau_w", "topk_overlap", "acc", "delta_acc",
                                    "units_dead_init", "units_killed", "decoy_top5"}  # fmt: skip
     assert main(["status", *store_arg]) == 0
@@ -143,8 +143,8 @@ def _check_ui(sweep_id: str, store_uri: str) -> None:
                              "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, text=True,
                             start_new_session=True)  # fmt: skip
     try:
-        first_lines = [proc.stdout.readline(), proc.stdout.readline()]
-        assert f"http://127.0.0.1:{port}" in first_lines[0] and "compare-runs" in first_lines[1]
+        first_lines = [proc.stdout.readline() for _ in range(4)]  # starting..., then once it answers: 3 lines
+        assert f"http://127.0.0.1:{port}" in first_lines[0] and "compare-runs" in first_lines[3], first_lines
 
         def up() -> bool:
             try:
