@@ -44,3 +44,27 @@ def test_layer_contracts_hold():
     out = subprocess.run([str(exe)], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert "Contracts: 3 kept, 0 broken." in out.stdout, out.stdout[-2000:]
+
+
+def test_a_field_added_to_one_family_changes_no_key_of_another(monkeypatch):
+    """Content keys per family (issue 9): a trial's key covers its family, its config and the loop."""
+    from pydantic import Field, create_model
+
+    from jobs.runners import TrialJob, runner_for
+    from shared.attacks import family_of
+
+    def key(entry: dict) -> str:
+        fam = family_of(entry["name"])
+        e = fam.config.model_validate(entry)
+        job = TrialJob(attack=e.name, config=fam.job_config(e), dataset="/d", model="vgg_mini", weights="/w.pt",
+                       variant_key="v", layers=fam.scopes(e, ("conv4",))[0], units="all", seed=0,
+                       train_split="train", val_split="val", training={"lr": 1e-4}, alpha={}, evaluation={})  # fmt: skip
+        return runner_for(e.name).attack_key(job, "dataset-id")
+
+    thesis, heo = {"name": "push-down"}, {"name": "fool-topk", "lambda": 1.0}
+    before = key(thesis), key(heo)
+    saliency = family_of("fool-topk")
+    grown = create_model("Grown", __base__=saliency.config, new_setting=(int, Field(3)))
+    monkeypatch.setattr(saliency, "config", grown)
+    assert key(thesis) == before[0]  # the thesis family's keys do not move
+    assert key(heo) != before[1]  # the grown family's do
