@@ -121,8 +121,8 @@ def run_featureviz(
     for start in range(0, len(units), spec.batch_units):
         chunk = units[start : start + spec.batch_units]
 
-        def report(step: int, total: int, _start: int = start) -> None:
-            progress(_start * total + step * len(chunk), len(units) * total, phase="featureviz")
+        def report(step: int, total: int, _done: int = start, _n: int = len(chunk)) -> None:
+            progress(_done * total + step * _n, len(units) * total, phase="featureviz")
 
         parts.append(render_units(model, spec.model, spec.layer, chunk, spec.render_config(), report))
     rendering = Rendering(
