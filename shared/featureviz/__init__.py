@@ -2,7 +2,14 @@
 
 from shared.featureviz.compare import UnitComparison, compare_renderings
 from shared.featureviz.param import COLOR_CORRELATION_SVD_SQRT, FourierImage, rfft2d_freqs
-from shared.featureviz.render import RenderConfig, Rendering, measure, render_units, unit_means
+from shared.featureviz.render import (
+    RenderConfig,
+    Rendering,
+    layer_activations,
+    measure,
+    render_units,
+    unit_means,
+)
 from shared.featureviz.transforms import TransformSpec, apply_affine, random_affine, random_transform
 
 __all__ = [
@@ -14,6 +21,7 @@ __all__ = [
     "UnitComparison",
     "apply_affine",
     "compare_renderings",
+    "layer_activations",
     "measure",
     "random_affine",
     "random_transform",

@@ -120,13 +120,15 @@ def _check_units(model: nn.Module, model_name: str, layer: str, units: Sequence[
     return torch.tensor(list(units), dtype=torch.long)
 
 
-def measure(
-    model: nn.Module, model_name: str, layer: str, images: torch.Tensor, units: Sequence[int]
+def layer_activations(
+    model: nn.Module, model_name: str, layer: str, images: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(activation, score)`` ``[N]`` of unit ``units[i]`` on ``images[i]`` (``[0, 1]`` pixels, normalised here)."""
+    """``(activation, score)`` ``[N, J]`` of every unit on every image (``[0, 1]`` pixels, normalised here).
+
+    ``activation`` is the §5 objective (mean over positions), ``score`` the §1 unit score.
+    """
     device = next(model.parameters()).device
     path = model_info(model_name).resolve_layer(layer, model)
-    idx = _check_units(model, model_name, layer, units).to(device)
     norm = _normaliser(model_name, device)
     was_training = model.training
     model.eval()
@@ -135,8 +137,19 @@ def measure(
             out = rec.run(norm(images.to(device)))
     finally:
         model.train(was_training)
-    scores = unit_scores(out)[torch.arange(len(idx), device=device), idx]
-    return unit_means(out.float(), idx).cpu(), scores.cpu()
+    a = out.float()
+    mean = a if a.dim() == 2 else a.mean(dim=1) if a.dim() == 3 else a.flatten(2).mean(dim=2)
+    return mean.cpu(), unit_scores(out).cpu()
+
+
+def measure(
+    model: nn.Module, model_name: str, layer: str, images: torch.Tensor, units: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(activation, score)`` ``[N]`` of unit ``units[i]`` on ``images[i]`` (``[0, 1]`` pixels, normalised here)."""
+    idx = _check_units(model, model_name, layer, units)
+    mean, score = layer_activations(model, model_name, layer, images)
+    rows = torch.arange(len(idx))
+    return mean[rows, idx], score[rows, idx]
 
 
 def render_units(
