@@ -218,3 +218,27 @@ def test_synthetic_images_beat_the_best_natural_images(tmp_path):
     out = synthetic_vs_natural(str(tmp_path / "data"), str(tmp_path / "store"))
     print(out)
     assert out["share_activation"] >= 0.8 and out["share_score"] >= 0.8
+
+
+def test_redirected_relu_lets_a_dead_unit_start():
+    from shared.featureviz.render import RedirectedReLU
+
+    x = torch.tensor([[-1.0, -2.0, 0.5], [-1.0, -2.0, -3.0]], requires_grad=True)
+    y = RedirectedReLU.apply(x)
+    assert torch.equal(y, x.clamp_min(0))
+    (-y.sum()).backward(retain_graph=True)  # maximise: grad of the loss is -1 everywhere
+    # row 0 is alive: the ordinary ReLU gradient; row 1 is dead everywhere: the gradient passes through
+    assert torch.equal(x.grad, torch.tensor([[0.0, 0.0, -1.0], [-1.0, -1.0, -1.0]]))
+    x.grad = None
+    (y.sum()).backward()  # minimising a dead row must not push it lower
+    assert torch.equal(x.grad[1], torch.zeros(3))
+
+
+def test_a_unit_dead_on_the_start_image_comes_alive(model):
+    """Unit 8 of the seeded random model is 0 everywhere on its 32 px start image (checked below)."""
+    cfg = RenderConfig(steps=10, lr=0.1, size=32)
+    assert render_units(model, MODEL, "conv5", [8], RenderConfig(steps=1, size=32)).activation[0] == 0
+    plain = render_units(
+        model, MODEL, "conv5", [8], RenderConfig(steps=10, lr=0.1, size=32, redirect_relu=False)
+    )
+    assert plain.activation[0] == 0 and render_units(model, MODEL, "conv5", [8], cfg).activation[0] > 0

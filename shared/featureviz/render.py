@@ -35,6 +35,7 @@ class RenderConfig:
     seed: int = 0  # fixes each unit's initial spectrum and its transform draws
     transforms: TransformSpec = field(default_factory=TransformSpec)
     size: int | None = None  # image side in px; None: the model's input crop
+    redirect_relu: bool = True  # lucid's redirected ReLU gradient at a ReLU layer, so dead units can start
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -61,19 +62,55 @@ class _Stop(Exception):
     """Raised from the hook: nothing after the hooked layer is needed."""
 
 
-class LayerOutput:
-    """Context manager: ``run(x)`` returns the output of ``path`` (graph kept), ending the forward there."""
+class RedirectedReLU(torch.autograd.Function):
+    """ReLU whose gradient is redirected for an image whose unit is dead everywhere (lucid's default).
 
-    def __init__(self, model: nn.Module, path: str) -> None:
+    lucid's ``redirected_relu_grad``: where the ordinary ReLU gradient of an image is
+    zero at every position (the unit starts dead on the grey start image), pass the
+    gradient through the negative inputs too, except where it would push them lower,
+    so the optimiser can walk out of the dead region. The forward value is the ReLU.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        relu_grad = torch.where(x < 0, torch.zeros_like(grad), grad)
+        # Gradient descent moves x by -grad: grad > 0 at a negative x would push it lower still.
+        redirected = torch.where((x < 0) & (grad > 0), torch.zeros_like(grad), grad)
+        alive = relu_grad.flatten(1).norm(dim=1) > 0
+        return torch.where(alive.view(-1, *[1] * (x.dim() - 1)), relu_grad, redirected)
+
+
+class LayerOutput:
+    """Context manager: ``run(x)`` returns the output of ``path`` (graph kept), ending the forward there.
+
+    A ReLU module (AlexNet's conv1..conv5 aliases, SCIENCE.md §1) is evaluated here from its
+    input with :class:`RedirectedReLU` when ``redirect_relu``: the same value, lucid's gradient.
+    """
+
+    def __init__(self, model: nn.Module, path: str, redirect_relu: bool = False) -> None:
         self.model, self.module = model, model.get_submodule(path)
+        self.redirect = redirect_relu and isinstance(self.module, nn.ReLU)
         self._out: torch.Tensor | None = None
 
     def __enter__(self) -> LayerOutput:
-        self._handle = self.module.register_forward_hook(self._hook)
+        if self.redirect:
+            self._handle = self.module.register_forward_pre_hook(self._pre_hook)
+        else:
+            self._handle = self.module.register_forward_hook(self._hook)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._handle.remove()
+
+    def _pre_hook(self, module: nn.Module, args: Any) -> None:
+        self._out = RedirectedReLU.apply(args[0].clone())
+        raise _Stop
 
     def _hook(self, module: nn.Module, args: Any, output: Any) -> None:
         # A clone: a later in-place op (AlexNet's ReLUs) cannot change it (SCIENCE.md §1).
@@ -180,7 +217,7 @@ def render_units(
     grad_flags = [p.requires_grad for p in model.parameters()]
     model.eval().requires_grad_(False)  # gradients w.r.t. the image only
     try:
-        with LayerOutput(model, path) as rec:
+        with LayerOutput(model, path, redirect_relu=cfg.redirect_relu) as rec:
             for step in range(cfg.steps):
                 opt.zero_grad(set_to_none=True)
                 x = random_transform(param(), cfg.transforms, gens)
