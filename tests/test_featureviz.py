@@ -177,7 +177,7 @@ def test_job_commits_reuses_and_compares(tmp_path, model, monkeypatch):
         compare_featureviz(res.uri, layer2.uri, _MeanColour())
 
 
-def synthetic_vs_natural(data: str, store_uri: str, steps: int = 512) -> dict:
+def synthetic_vs_natural(data: str, store_uri: str, steps: int = 512, **pretrain: object) -> dict:
     """Pretrain the demo alexnet_mini (reused when done), render every conv5 unit, and compare each unit's
     synthetic image with its best natural validation image, on the §5 objective and on the §1 score."""
     from jobs.pretrain import PretrainSpec, run_pretrain
@@ -185,7 +185,7 @@ def synthetic_vs_natural(data: str, store_uri: str, steps: int = 512) -> dict:
     from shared.featureviz import layer_activations
     from shared.models import load_checkpoint
 
-    res = run_pretrain(PretrainSpec(dataset=data), store_uri)
+    res = run_pretrain(PretrainSpec(dataset=data, **pretrain), store_uri)  # type: ignore[arg-type]
     model = load_checkpoint(res.model_uri)[0].eval()
     pixels = Preprocess(resize=64, crop=56, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # [0, 1]
     val = torch.from_numpy(np.stack([decode_image(r["image"], pixels) for r in iter_records(data, "val")]))
