@@ -64,8 +64,10 @@ def test_results_and_load_model(tmp_path, monkeypatch):
     assert df.shape[0] == 4  # 2 runs x 2 splits
     assert list(df.columns[:3]) == ["run_id", "run_name", "split"]
     assert {"model", "layer", "attack", "clip_delta", "kendall_tau", "seed"} <= set(df.columns)
-    # the report's order: the control (finetune) first
-    assert list(df["attack"]) == ["finetune", "finetune", "push-down", "push-down"]
+    # the report's order: the attacked split's block first, the control (finetune) first in each
+    assert list(zip(df["split"], df["attack"])) == [
+        ("train", "finetune"), ("train", "push-down"), ("val", "finetune"), ("val", "push-down"),
+    ]  # fmt: skip
     a = df[(df.run_name == "run-a") & (df.split == "val")].iloc[0]
     assert a["clip_delta"] == pytest.approx(0.3) and a["seed"] == 0 and a["prune_rate"] == 0.0
     assert df.run_id.nunique() == 2

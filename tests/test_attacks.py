@@ -19,6 +19,7 @@ from shared.attacks import (
     StepScores,
     attack_names,
     build_attack,
+    family_of,
     get_attack,
     maintain_loss,
     push_down_loss,
@@ -30,6 +31,7 @@ from shared.attacks import (
     train_step,
     unit_scale,
 )
+from shared.attacks.featureviz import FeatureViz
 from shared.models.zoo import build_model
 from shared.registry import RegistryError
 
@@ -190,11 +192,15 @@ def test_push_down_plugin_uses_the_sampled_rows_of_the_membership():
 
 
 def test_registry_names_and_errors():
-    assert attack_names() == ["finetune", "push-down", "push-up", "push-up-pairwise"]
+    assert [a for a in attack_names() if family_of(a).name == "featureviz"] == [
+        "finetune", "push-down", "push-up", "push-up-pairwise",
+    ]  # fmt: skip
     assert get_attack("finetune").fixed_alpha == 0.0
     with pytest.raises(RegistryError, match="already registered"):
         register_attack("push-down")(type("Again", (Attack,), {}))
-    with pytest.raises(RegistryError, match="valid attacks: finetune, push-down, push-up, push-up-pairwise"):
+    with pytest.raises(
+        RegistryError, match="valid attacks: finetune, fool-active, .*push-down, push-up, push-up-pairwise"
+    ):
         get_attack("pushdown")
     with pytest.raises(TypeError, match="Attack subclass"):
         register_attack("not-an-attack")(object)
@@ -206,7 +212,7 @@ def test_registry_names_and_errors():
 # --- every registered attack on a tiny CPU model --------------------------------------------
 
 
-@pytest.mark.parametrize("name", attack_names())
+@pytest.mark.parametrize("name", FeatureViz.attacks)  # the saliency family's: tests/test_saliency.py
 def test_every_attack_trains_a_tiny_model(name):
     torch.manual_seed(0)
     model, _ = build_model("alexnet_mini", num_classes=4)
