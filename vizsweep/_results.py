@@ -64,5 +64,5 @@ def frame(runs: Iterable[Any]) -> Any:
     ]
     rows = sort_rows(rows)
     seen = dict.fromkeys(k for row in rows for k in row)
-    lead = [k for k in (*FIRST, *COLUMNS, "seed") if k in seen or k in FIRST]
+    lead = [k for k in dict.fromkeys((*FIRST, *COLUMNS, "seed")) if k in seen or k in FIRST]  # each once
     return pd.DataFrame(rows, columns=[*lead, *sorted(k for k in seen if k not in lead)])
