@@ -446,11 +446,14 @@ def test_result_choice_keeps_the_budget(drops, controlled, want):
 
 
 @pytest.mark.slow
-def test_a_run_that_cannot_hold_the_budget_is_marked_broken(tiny, ray_local):
+def test_a_run_that_cannot_hold_the_budget_is_marked_broken(tiny, ray_local, monkeypatch):
+    import jobs.attack
     from jobs.attack import model_dir, run_attack
     from shared import store
 
-    spec = _tiny_spec(tiny, max_steps=8, alpha={"max_drop_pp": -100.0})  # accuracy would have to rise 100 pp
+    # every evaluated state loses all accuracy: no state holds the 0.5 pp budget
+    monkeypatch.setattr(jobs.attack._Trial, "accuracy", lambda self, model: 1.0 if model is self.teacher else 0.0)
+    spec = _tiny_spec(tiny, max_steps=8)
     res = run_attack(spec, str(tiny["root"] / "broken"))
     assert res.budget_broken and res.result_step == 8 and res.model_uri is not None
     manifest = store.read_manifest(model_dir(str(tiny["root"] / "broken"), res.key))
