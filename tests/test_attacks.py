@@ -452,7 +452,9 @@ def test_a_run_that_cannot_hold_the_budget_is_marked_broken(tiny, ray_local, mon
     from shared import store
 
     # every evaluated state loses all accuracy: no state holds the 0.5 pp budget
-    monkeypatch.setattr(jobs.attack._Trial, "accuracy", lambda self, model: 1.0 if model is self.teacher else 0.0)
+    monkeypatch.setattr(
+        jobs.attack._Trial, "accuracy", lambda self, model: 1.0 if model is self.teacher else 0.0
+    )
     spec = _tiny_spec(tiny, max_steps=8)
     res = run_attack(spec, str(tiny["root"] / "broken"))
     assert res.budget_broken and res.result_step == 8 and res.model_uri is not None
