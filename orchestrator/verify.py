@@ -95,8 +95,9 @@ def _keys(obj: Any) -> set[str]:
     return out
 
 
-def check_stages(uris: list[str], checksums: bool = True, err=sys.stderr) -> list[Stage]:
+def check_stages(uris: list[str], checksums: bool = True, err=None) -> list[Stage]:
     """Sizes of every stage, then (``checksums``) the checksums of those whose sizes matched."""
+    err = err if err is not None else sys.stderr  # at call time: a stream bound at import may be closed
     stages = []
     for u in uris:
         m, problems = integrity.stage_state(u)
