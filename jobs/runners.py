@@ -149,13 +149,18 @@ class FineTuneRunner(Runner):
         keyed.pop("final_weights")
         return store.content_key(self.attack_key(job, dataset_id), _jsonable(keyed))
 
+    def committed_attack(self, job: TrialJob, store_uri: str, dataset_id: str) -> tuple[str, dict | None]:
+        """(attack key, its committed manifest or None): the trained half of a stored trial."""
+        akey = self.attack_key(job, dataset_id)
+        am = store.read_manifest(model_dir(store_uri, akey))
+        return akey, am if am is not None and am.get("key") == akey else None
+
     def stored(self, job: TrialJob, store_uri: str) -> TrialOutcome | None:
         from shared.dataset_meta import dataset_id
 
         ds_id = dataset_id(job.dataset)
-        akey = self.attack_key(job, ds_id)
-        am = store.read_manifest(model_dir(store_uri, akey))
-        if am is None or am.get("key") != akey:
+        akey, am = self.committed_attack(job, store_uri, ds_id)
+        if am is None:
             return None
         mres = committed_metrics(self.metrics_spec(job, store_uri, ds_id), store_uri)
         if mres is None:
@@ -181,10 +186,7 @@ class FineTuneRunner(Runner):
     ) -> TrialOutcome:
         history = list(am.get("history", []))
         final = final_metrics(job, history, mres)
-        if am.get("result_step") is not None:
-            final["result_step"] = float(am["result_step"])
-        broken = bool(am.get("budget_broken", False))
-        final["budget_broken"] = float(broken)
+        broken = _budget_finals(final, am)
         artifacts = []
         tables = {}
         for (layer, split), m in mres.per.items():
@@ -230,9 +232,8 @@ class SaliencyRunner(FineTuneRunner):
         from shared.dataset_meta import dataset_id
 
         ds_id = dataset_id(job.dataset)
-        akey = self.attack_key(job, ds_id)
-        am = store.read_manifest(model_dir(store_uri, akey))
-        if am is None or am.get("key") != akey:
+        akey, am = self.committed_attack(job, store_uri, ds_id)
+        if am is None:
             return None
         res = committed_eval(self.eval_spec(job, store_uri, ds_id), store_uri)
         return None if res is None else self._saliency_outcome(job, akey, model_dir(store_uri, akey), am, res)
@@ -259,10 +260,7 @@ class SaliencyRunner(FineTuneRunner):
                 "alpha_final": float(history[-1].get("alpha", 0.0)),
                 "steps": float(history[-1]["step"]),
             }
-        if am.get("result_step") is not None:
-            final["result_step"] = float(am["result_step"])
-        broken = bool(am.get("budget_broken", False))
-        final["budget_broken"] = float(broken)
+        broken = _budget_finals(final, am)
         artifacts = [(ev.table_uri, "saliency_t.parquet")]
         if ev.picture_uri is not None:
             artifacts.append((ev.picture_uri, "heatmaps_before_after.png"))
@@ -299,6 +297,15 @@ def final_metrics(job: TrialJob, history: list[dict], mres: MetricsResult) -> di
         out["alpha_final"] = float(history[-1].get("alpha", 0.0))
         out["steps"] = float(history[-1]["step"])
     return out
+
+
+def _budget_finals(final: dict[str, float], am: dict) -> bool:
+    """Add the budget outcome of the attack (``result_step``, ``budget_broken``) to ``final``; broken?"""
+    if am.get("result_step") is not None:
+        final["result_step"] = float(am["result_step"])
+    broken = bool(am.get("budget_broken", False))
+    final["budget_broken"] = float(broken)
+    return broken
 
 
 def _jsonable(x: Any) -> Any:
