@@ -20,6 +20,7 @@ from shared.interpreters import (
     upsample,
 )
 from shared.models import build_model, model_info
+from shared.models.zoo import LayerError
 from shared.models.vgg_mini import VGGMini
 from shared.registry import RegistryError
 from shared.saliency import location_loss
@@ -247,13 +248,116 @@ def test_target_layer_comes_from_the_registry():
 
 
 def test_lrp_refuses_unsupported_models_and_train_mode():
-    model = build_model("resnet_mini", num_classes=3)[0].eval()
-    with pytest.raises(LRPUnsupportedError, match=r"model 'resnet_mini'.*vgg_mini, vgg19"):
-        get_interpreter("lrp")().heatmap(model, "resnet_mini", torch.randn(1, 3, 56, 56), 0, layer="layer3")
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+
+    with pytest.raises(LRPUnsupportedError, match=r"Odd \(children: body, head\).*resnet50, resnet_mini"):
+        get_interpreter("lrp")().heatmap(Odd().eval(), None, torch.randn(1, 3, 8, 8), 0, layer="body")
+    with pytest.raises(LayerError, match=r"'layer2.conv1' is not on ResNetMini's LRP path.*valid: stem.0"):
+        get_interpreter("lrp")().heatmap(
+            build_model("resnet_mini", num_classes=3)[0].eval(), None, torch.randn(1, 3, 56, 56), 0, layer="layer2.conv1"
+        )
     with pytest.raises(ValueError, match=r"model\.eval\(\)"):
         get_interpreter("lrp")().heatmap(
             _vgg_mini(dtype=torch.float32).train(), "vgg_mini", torch.randn(2, 3, 56, 56), 0
         )
+
+
+# --- LRP_T across residual and dense blocks (§6: ResNet skips split by positive share) -----------
+
+
+def _with_statistics(model: nn.Module) -> nn.Module:
+    """Float64, eval, BatchNorm with non-trivial scale but zero shift and linear heads without bias:
+    with no bias anywhere, every rule of §6 conserves relevance up to its stabiliser."""
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 1.5)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+        if isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)
+    return model.double().eval()
+
+
+def _tiny_resnet18() -> nn.Module:
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    return resnet18(num_classes=4)
+
+
+def _tiny_densenet() -> nn.Module:
+    from torchvision.models import DenseNet
+
+    torch.manual_seed(0)
+    return DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2, num_classes=4)
+
+
+BLOCK_MODELS = {
+    "resnet_mini": (lambda: build_model("resnet_mini", num_classes=4)[0], ["layer3", "layer1", "stem.3"]),
+    "resnet18": (_tiny_resnet18, ["layer4", "layer2", "layer1"]),
+    "densenet": (_tiny_densenet, ["features", "features.transition1", "features.denseblock1", "features.pool0"]),
+}
+
+
+@pytest.mark.parametrize("name", BLOCK_MODELS)
+def test_lrp_conserves_relevance_across_residual_and_dense_blocks(name):
+    """Σ R at each layer ≈ y_c (no biases: only the 1e-2 conv and 0.01 linear stabilisers absorb a little),
+    and the forward LRP runs is the model's own: the logits are equal."""
+    build, layers = BLOCK_MODELS[name]
+    model = _with_statistics(build())
+    x = 10 * torch.randn(2, 3, 56, 56, dtype=torch.float64)
+    target = torch.tensor([1, 2])
+    from shared.interpreters.lrp import lrp_relevance
+
+    with torch.no_grad():
+        y = model(x).gather(1, target.view(-1, 1))[:, 0]
+    for layer in layers:
+        r, logits = lrp_relevance(model, layer, x, target)
+        torch.testing.assert_close(logits.gather(1, target.view(-1, 1))[:, 0], y)
+        assert ((r.sum(dim=(1, 2, 3)) - y).abs() <= 0.02 * y.abs() + 0.02).all(), (layer, r.sum(dim=(1, 2, 3)), y)
+
+
+def test_lrp_skip_split_goes_by_positive_share():
+    """A block whose main branch is silenced (its last conv zero) hands all relevance to the identity skip:
+    the relevance at the block's input is the relevance at its output (resnet_mini's layer1)."""
+    from shared.interpreters.lrp import lrp_relevance
+
+    model = _with_statistics(build_model("resnet_mini", num_classes=4)[0])
+    x = 10 * torch.randn(2, 3, 56, 56, dtype=torch.float64)
+    target = torch.tensor([0, 3])
+    nn.init.zeros_(model.layer1.conv2.weight)  # bn2 has zero shift and mean: the main branch adds 0
+    with torch.no_grad():
+        model.layer1.bn2.running_mean.zero_()
+        nn.init.zeros_(model.layer1.bn2.bias)
+    r_out, _ = lrp_relevance(model, "layer1", x, target)
+    r_in, _ = lrp_relevance(model, "stem", x, target)
+    torch.testing.assert_close(r_in, r_out)
+
+
+def test_lrp_resnet_target_layer_matches_captum():
+    """ResNet's target layer4: avgpool and fc above it, as captum's LayerLRP at avgpool's input (§6 rules)."""
+    model = _tiny_resnet18().double().eval()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    target = torch.tensor([1, 3])
+    raw, _ = get_interpreter("lrp")().raw_map(model, "layer4", x, target)
+    twin = _captum_lrp_rules(model)
+    rel = captum_attr.LayerLRP(twin, twin.avgpool).attribute(x, target=target, attribute_to_layer_input=True)
+    _close(raw, torch.relu(rel.sum(1)))
+
+
+def test_lrp_map_gradient_reaches_weights_below_a_residual_target():
+    """A loss on the LRP map at resnet_mini's layer2 moves every weight tensor of the stem, layer1 and layer2."""
+    model = _with_statistics(build_model("resnet_mini", num_classes=3)[0])
+    x = torch.randn(2, 3, 56, 56, dtype=torch.float64)
+    h = get_interpreter("lrp")().heatmap(model, None, x, torch.tensor([0, 2]), layer="layer2", size=56)
+    location_loss(h).mean().backward()
+    below = {n: p for n, p in model.named_parameters() if n.split(".")[0] in {"stem", "layer1", "layer2"}}
+    assert below and all(p.grad is not None and p.grad.abs().sum() > 0 for p in below.values()), [
+        n for n, p in below.items() if p.grad is None or p.grad.abs().sum() == 0
+    ]
 
 
 @pytest.mark.slow
