@@ -88,6 +88,11 @@ def trial_job(
     )  # fmt: skip
 
 
+def needs_tables(spec: Any) -> bool:
+    """A family of the sweep starts from θ0's unit tables (saliency fooling reads none)."""
+    return bool(spec.layers) and any(family_of(a.name).needs_tables for a in spec.attacks)
+
+
 def plan_trials(spec: Any, prep: Prepared) -> list[TrialPlan]:
     """Every trial of the sweep, in a stable order (model, prune, attack as declared, layers, seed)."""
     plans = []

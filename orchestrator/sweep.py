@@ -25,7 +25,7 @@ from orchestrator.phases.attacks import log_stored, run_trials
 from orchestrator.phases.prepare import prepare
 from orchestrator.phases.tables import initial_tables
 from orchestrator.phases.variants import make_variants
-from orchestrator.plan import plan_trials, stored_result
+from orchestrator.plan import needs_tables, plan_trials, stored_result
 from orchestrator.progress import Bar, SweepProgress
 from orchestrator.spec import default_tracking_uri
 from orchestrator.status import sweep_dir, sweep_id_for, write_status
@@ -88,7 +88,7 @@ def _launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None
         bars.append(b)
         return b
 
-    say(f"sweep {sid}: preparing (data, base models, reference encoder)")
+    say(f"sweep {sid}: preparing (data, base models, embedder)")
     prep = make_variants(spec, prepare(spec, bar), bar)
     for b in bars:
         b.close()
@@ -102,8 +102,9 @@ def _launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None
                  experiment_id=experiment_id, parent_run_id=parent)  # fmt: skip
 
     ensure_ray(spec.ray_address)
-    say(f"sweep {sid}: initial activation tables ({len(prep.variants)} variant(s), Ray Data)")
-    initial_tables(spec, prep, None if quiet else Bar("tables"))
+    if needs_tables(spec):
+        say(f"sweep {sid}: initial activation tables ({len(prep.variants)} variant(s))")
+        initial_tables(spec, prep, None if quiet else Bar("tables"))
 
     done = {p.trial_key for p in plans if stored_result(p, spec.store) is not None}
     stopped_before = [p.run_name for p in plans if store.exists(stop_marker(spec.store, p.attack_key))]

@@ -257,7 +257,11 @@ def test_lrp_refuses_unsupported_models_and_train_mode():
         get_interpreter("lrp")().heatmap(Odd().eval(), None, torch.randn(1, 3, 8, 8), 0, layer="body")
     with pytest.raises(LayerError, match=r"'layer2.conv1' is not on ResNetMini's LRP path.*valid: stem.0"):
         get_interpreter("lrp")().heatmap(
-            build_model("resnet_mini", num_classes=3)[0].eval(), None, torch.randn(1, 3, 56, 56), 0, layer="layer2.conv1"
+            build_model("resnet_mini", num_classes=3)[0].eval(),
+            None,
+            torch.randn(1, 3, 56, 56),
+            0,
+            layer="layer2.conv1",
         )
     with pytest.raises(ValueError, match=r"model\.eval\(\)"):
         get_interpreter("lrp")().heatmap(
@@ -298,7 +302,10 @@ def _tiny_densenet() -> nn.Module:
 BLOCK_MODELS = {
     "resnet_mini": (lambda: build_model("resnet_mini", num_classes=4)[0], ["layer3", "layer1", "stem.3"]),
     "resnet18": (_tiny_resnet18, ["layer4", "layer2", "layer1"]),
-    "densenet": (_tiny_densenet, ["features", "features.transition1", "features.denseblock1", "features.pool0"]),
+    "densenet": (
+        _tiny_densenet,
+        ["features", "features.transition1", "features.denseblock1", "features.pool0"],
+    ),
 }
 
 
@@ -317,7 +324,11 @@ def test_lrp_conserves_relevance_across_residual_and_dense_blocks(name):
     for layer in layers:
         r, logits = lrp_relevance(model, layer, x, target)
         torch.testing.assert_close(logits.gather(1, target.view(-1, 1))[:, 0], y)
-        assert ((r.sum(dim=(1, 2, 3)) - y).abs() <= 0.02 * y.abs() + 0.02).all(), (layer, r.sum(dim=(1, 2, 3)), y)
+        assert ((r.sum(dim=(1, 2, 3)) - y).abs() <= 0.02 * y.abs() + 0.02).all(), (
+            layer,
+            r.sum(dim=(1, 2, 3)),
+            y,
+        )
 
 
 def test_lrp_skip_split_goes_by_positive_share():

@@ -8,7 +8,7 @@ from typing import Any
 
 from jobs.pretrain import PretrainSpec, run_pretrain
 from jobs.reference_encoder import train_reference_encoder
-from orchestrator.plan import Prepared, Variant
+from orchestrator.plan import Prepared, Variant, needs_tables
 from shared import store
 from shared.dataset_meta import dataset_id
 from shared.synth import generate
@@ -17,14 +17,16 @@ REFERENCE = "reference"  # the embedder the launcher trains (orchestrator.spec.R
 
 
 def prepare(spec: Any, bar=None) -> Prepared:
-    """Dataset, one unpruned variant per model entry, and the embedder spec the metrics use."""
+    """Dataset, one unpruned variant per model entry, and the embedder spec the metrics use (the
+    reference encoder is trained only when some attack's family computes unit tables)."""
     bar = bar or (lambda name: None)
     ds = spec.dataset
     if ds.synth is not None and not store.exists(store.join(ds.uri, "_MANIFEST.json")):
         generate(ds.uri, **ds.synth.model_dump(), progress=bar("synthetic data") or _noop)
     bases = tuple(base_variant(spec, m, bar) for m in spec.models)
     embedder = spec.metrics.embedder
-    if embedder == REFERENCE:
+    # Only unit metrics (CLIP-δ) read the embedder: a sweep whose families compute no tables skips it.
+    if embedder == REFERENCE and needs_tables(spec):
         uri = train_reference_encoder(ds.uri, spec.store, progress=bar("reference encoder") or _noop)
         embedder = f"{REFERENCE}:{uri}"
     return Prepared(ds.uri, dataset_id(ds.uri), bases, embedder)

@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from jobs.activations import variant_tables
-from orchestrator.plan import Prepared
-from shared.attacks import family_of
+from orchestrator.plan import Prepared, needs_tables
 from shared.progress import no_progress
 
 
 def initial_tables(spec: Any, prep: Prepared, progress=None) -> None:
-    """Only when a family of the sweep starts from them (saliency fooling reads no unit tables)."""
-    if not spec.layers or not any(family_of(a.name).needs_tables for a in spec.attacks):
+    """θ0's tables of every variant, when :func:`needs_tables`."""
+    if not needs_tables(spec):
         if progress is not None:
             progress.close()
         return

@@ -80,7 +80,9 @@ def sequential_layers(model: nn.Module) -> Chain:
     if isinstance(model, nn.Sequential):
         return _flatten_sequential("", model)
     children = [name for name, _ in model.named_children()]
-    if children == _VGG_CHILDREN:  # torchvision VGG/AlexNet forward: features, avgpool, flatten(1), classifier
+    if (
+        children == _VGG_CHILDREN
+    ):  # torchvision VGG/AlexNet forward: features, avgpool, flatten(1), classifier
         return [
             *_flatten_sequential("features", model.features),
             ("avgpool", model.avgpool),
@@ -189,7 +191,9 @@ def _forward(m: nn.Module, a: torch.Tensor) -> torch.Tensor:
     return m(a)
 
 
-def _residual_relevance(branches: tuple[Chain, Chain, nn.Module], a: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+def _residual_relevance(
+    branches: tuple[Chain, Chain, nn.Module], a: torch.Tensor, r: torch.Tensor
+) -> torch.Tensor:
     main, skip, _ = branches
     main_in, z_main = _run(main, a)
     skip_in, z_skip = _run(skip, a)
