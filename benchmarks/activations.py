@@ -1,8 +1,10 @@
 """Throughput of the activations job vs a plain PyTorch DataLoader loop.
 
 Both read the same Parquet shards on the same cores, decode and preprocess
-the same way, run the same model with the same hooks (a full forward) and
-write the same Parquet table. Ray's start-up is excluded (a sweep starts it
+the same way, run the same model with the same hooks and write the same
+Parquet table. The job's forward stops after the last hooked layer (its
+scores need nothing later); the baseline, as a researcher would write it,
+runs the whole model. Ray's start-up is excluded (a sweep starts it
 once); the job's own start-up (the executor choice, threads or actors, model
 load) and its commit (checksums, manifests) are included. ``--executor``
 forces one executor; by default the job picks (one node: local). Last line:

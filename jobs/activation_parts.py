@@ -56,7 +56,7 @@ def score_batch(net, model_name: str, layers: tuple[str, ...], device, amp: bool
     if len(pixels):
         with torch.inference_mode(), autocast(device, amp):
             with UnitScores(net, model_name, list(layers)) as rec:
-                net(pixels)
+                rec.run(pixels, stop_early=True)  # the layers after the last hooked one are not needed
             scores = {k: v.float().cpu().numpy() for k, v in rec.scores.items()}
     for layer in layers:
         j = scores[layer].shape[1] if layer in scores else 0
