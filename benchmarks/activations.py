@@ -1,11 +1,16 @@
-"""Throughput of the activations job (Ray Data) vs a plain PyTorch DataLoader loop.
+"""Throughput of the activations job vs a plain PyTorch DataLoader loop.
 
 Both read the same Parquet shards on the same cores, decode and preprocess
 the same way, run the same model with the same hooks and write the same
-Parquet table. Ray's start-up is excluded (a sweep starts it once); the
-pipeline's own start-up (actors, model load) is included. Last line: JSON.
+Parquet table. The job's forward stops after the last hooked layer (its
+scores need nothing later); the baseline, as a researcher would write it,
+runs the whole model. Ray's start-up is excluded (a sweep starts it
+once); the job's own start-up (the executor choice, threads or actors, model
+load) and its commit (checksums, manifests) are included. ``--executor``
+forces one executor; by default the job picks (one node: local). Last line:
+JSON, with the executor that ran.
 
-    python benchmarks/activations.py [--quick]
+    python benchmarks/activations.py [--quick] [--executor auto|local|ray-data]
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller dataset (a few seconds per side)")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per side; the best is reported")
+    ap.add_argument("--executor", default="auto", help="the job's executor: auto, local or ray-data")
     args = ap.parse_args()
 
     from jobs.activations import ActivationsSpec, run_activations
@@ -99,7 +105,7 @@ def main() -> None:
 
     ensure_ray(num_cpus=cores)
     torch.set_num_threads(cores)
-    ours_s, base_s, n_ours, n_base = [], [], 0, 0
+    ours_s, base_s, n_ours, n_base, executor = [], [], 0, 0, ""
     for r in range(args.repeats):
         out = os.path.join(tmp, f"base-{r}")
         os.makedirs(out)
@@ -108,14 +114,15 @@ def main() -> None:
         base_s.append(time.perf_counter() - t)
         spec = ActivationsSpec(
             dataset=data, split="train", model="alexnet_mini", weights=weights,
-            variant_key=f"bench{r}", layers=tuple(layers), batch_size=256,
+            variant_key=f"bench{r}", layers=tuple(layers), batch_size=256, executor=args.executor,
         )  # fmt: skip
         t = time.perf_counter()
         res = run_activations(spec, os.path.join(tmp, "store"))
         ours_s.append(time.perf_counter() - t)
-        n_ours = res.rows
+        n_ours, executor = res.rows, res.executor
         print(
-            f"run {r}: baseline {n_base / base_s[-1]:.0f} img/s, ours {n_ours / ours_s[-1]:.0f} img/s",
+            f"run {r}: baseline {n_base / base_s[-1]:.0f} img/s, "
+            f"ours ({executor}) {n_ours / ours_s[-1]:.0f} img/s",
             flush=True,
         )
     assert n_ours == n_base, (n_ours, n_base)
@@ -128,6 +135,7 @@ def main() -> None:
                 "baseline": round(base, 1),
                 "unit": "images/s",
                 "ratio": round(ours / base, 3),
+                "executor": executor,
                 "images": n_ours,
                 "layers": layers,
                 "cores": cores,

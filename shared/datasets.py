@@ -325,6 +325,30 @@ def iter_records(
             yield from _iter_folder(shard, label_map)
 
 
+def iter_record_tables(
+    uri: str, split: str, layout: str | None = None, shards: Iterable[str] | None = None
+) -> Iterator[pa.Table]:
+    """Stream the records as small Arrow tables (:data:`SCHEMA`), one shard at a time, in shard order.
+
+    Parquet stays Arrow end to end (no per-row Python objects); the other layouts are batched.
+    """
+    uri = store.normalize(uri)
+    layout = _check_layout(layout or detect_layout(uri))
+    shard_list = list(shards) if shards is not None else list_shards(uri, split, layout)
+    if layout == "parquet":
+        for shard in shard_list:
+            yield from _iter_parquet(shard)
+        return
+    rows: list[dict[str, Any]] = []
+    for rec in iter_records(uri, split, layout, shards=shard_list):
+        rows.append(rec)
+        if len(rows) >= _BATCH_ROWS:
+            yield pa.Table.from_pylist(rows, schema=SCHEMA)
+            rows = []
+    if rows:
+        yield pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
 # --- Ray Data ----------------------------------------------------------------------
 
 
@@ -346,22 +370,10 @@ def _folder_to_records(batch: pa.Table, label_map: dict[str, int]) -> pa.Table:
 def _read_shards(
     batch: dict[str, np.ndarray], uri: str, split: str, layout: str, s3: Any = None
 ) -> Iterator[pa.Table]:
-    """Reader task: whole shards, yielded as small tables (Parquet stays Arrow end to end)."""
+    """Reader task: whole shards, yielded as small tables."""
     if s3 is not None:
         store.configure(s3)  # the driver's S3 settings: env set after ray.init never reaches workers
-    shards = [str(s) for s in batch["shard"]]
-    if layout == "parquet":
-        for shard in shards:
-            yield from _iter_parquet(shard)
-        return
-    rows: list[dict[str, Any]] = []
-    for rec in iter_records(uri, split, layout, shards=shards):
-        rows.append(rec)
-        if len(rows) >= _BATCH_ROWS:
-            yield pa.Table.from_pylist(rows, schema=SCHEMA)
-            rows = []
-    if rows:
-        yield pa.Table.from_pylist(rows, schema=SCHEMA)
+    yield from iter_record_tables(uri, split, layout, shards=[str(s) for s in batch["shard"]])
 
 
 def read_records(uri: str, split: str, layout: str | None = None) -> ray.data.Dataset:

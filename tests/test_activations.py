@@ -1,4 +1,5 @@
-"""Activation tables on Ray Data: right values, corrupt images counted, S3 == local, commits are atomic."""
+"""Activation tables, on both executors (local, Ray Data): right values, equal tables, corrupt images
+counted, S3 == local, commits are atomic, the executor is chosen by scale and recorded."""
 
 from __future__ import annotations
 
@@ -15,14 +16,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from jobs.activations import ActivationsSpec, read_table, run_activations, table_uri
+from jobs import activation_parts
+from jobs.activations import ActivationsSpec, choose_executor, read_table, run_activations, table_uri
 from jobs.topk import render_topk_grid, run_topk
 from shared import store
 from shared.models.zoo import build_model, model_info, save_checkpoint
 from shared.synth import generate
 
-pytestmark = pytest.mark.slow
 LAYERS = ("conv3", "conv5")
+EXECUTORS = pytest.mark.parametrize("executor", ["local", "ray-data"])
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +61,16 @@ def _manual_scores(model, data: str, ids: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def test_tables_match_manual_forward_and_rerun_is_skipped(setup, ray_local, tmp_path):
+@pytest.mark.slow
+@EXECUTORS
+def test_tables_match_manual_forward_and_rerun_is_skipped(setup, ray_local, tmp_path, executor):
     store_uri = str(tmp_path / "store")
-    res = run_activations(_spec(setup), store_uri)
-    assert not res.skipped and res.rows == 96 and res.corrupt == 0
+    res = run_activations(_spec(setup, executor=executor), store_uri)
+    assert not res.skipped and res.rows == 96 and res.corrupt == 0 and res.executor == executor
     for layer in LAYERS:
         m = store.read_manifest(res.tables[layer])
         assert m["rows"] == 96 and m["units"] == (128 if layer == "conv3" else 64)
+        assert m["executor"] == executor
     ids, labels, conv5 = read_table(res.tables["conv5"])
     assert len(set(ids)) == 96 and conv5.dtype == np.float32
     sample = sorted(ids)[:12]
@@ -75,8 +80,9 @@ def test_tables_match_manual_forward_and_rerun_is_skipped(setup, ray_local, tmp_
         row = {i: s for i, s in zip(tids, scores)}
         got = np.stack([row[i] for i in sample])
         np.testing.assert_allclose(got, manual[layer], rtol=1e-5, atol=1e-5)
-    again = run_activations(_spec(setup), store_uri)
-    assert again.skipped and again.rows == 96
+    other = "ray-data" if executor == "local" else "local"  # the executor is not part of the key
+    again = run_activations(_spec(setup, executor=other), store_uri)
+    assert again.skipped and again.rows == 96 and again.executor == executor
     # top-k and its picture
     tk = run_topk(res.tables["conv5"], k=5)
     assert tk.table.num_rows == 64 * 5
@@ -86,7 +92,9 @@ def test_tables_match_manual_forward_and_rerun_is_skipped(setup, ray_local, tmp_
     assert Image.open(io.BytesIO(store.read_bytes(png))).size[0] > 300
 
 
-def test_corrupt_images_are_counted_not_fatal(setup, ray_local, tmp_path):
+@pytest.mark.slow
+@EXECUTORS
+def test_corrupt_images_are_counted_not_fatal(setup, ray_local, tmp_path, executor):
     data = str(tmp_path / "data")
     generate(data, classes=16, train_per_class=2, val_per_class=3, size=48, seed=4, shard_size=16)
     shard = sorted((tmp_path / "data" / "parquet" / "val").glob("*.parquet"))[0]
@@ -102,27 +110,36 @@ def test_corrupt_images_are_counted_not_fatal(setup, ray_local, tmp_path):
     # as if imported so: the manifest records the shard with its bad images (else it reads as damaged)
     m = store.read_manifest(data)
     store.write_manifest(data, {k: v for k, v in m.items() if k not in ("created_at", "integrity")})
-    res = run_activations(_spec(setup, dataset=data, layers=("conv5",)), str(tmp_path / "store"))
+    spec = _spec(setup, dataset=data, layers=("conv5",), executor=executor)
+    res = run_activations(spec, str(tmp_path / "store"))
     assert res.corrupt == 2 and sorted(res.corrupt_ids) == sorted(bad_ids)
     assert res.rows == 48 - 2
 
 
-def test_s3_tables_equal_local(setup, ray_local, s3_server, tmp_path):
-    local = run_activations(_spec(setup), str(tmp_path / "store"))
-    s3_store = f"s3://{s3_server.bucket}/acts-{os.getpid()}"
-    remote = run_activations(_spec(setup), s3_store)
+@pytest.mark.slow
+@pytest.mark.parametrize("on_disk, on_s3", [("ray-data", "local"), ("local", "ray-data")])
+def test_s3_tables_equal_local_and_executors_agree(setup, ray_local, s3_server, tmp_path, on_disk, on_s3):
+    """Each executor once on each store: the four tables are the same (ids, labels, scores to 1e-6)."""
+    local = run_activations(_spec(setup, executor=on_disk), str(tmp_path / "store"))
+    s3_store = f"s3://{s3_server.bucket}/acts-{os.getpid()}-{on_s3}"
+    remote = run_activations(_spec(setup, executor=on_s3), s3_store)
     assert remote.tables["conv5"].startswith("s3://") and not remote.skipped
+    assert (local.executor, remote.executor) == (on_disk, on_s3)
     for layer in LAYERS:
         a, b = read_table(local.tables[layer]), read_table(remote.tables[layer])
         oa, ob = np.argsort(a[0]), np.argsort(b[0])
-        assert list(a[0][oa]) == list(b[0][ob])
+        assert len(a[0]) == 96 and list(a[0][oa]) == list(b[0][ob])
         np.testing.assert_array_equal(a[1][oa], b[1][ob])
-        np.testing.assert_array_equal(a[2][oa], b[2][ob])
-    assert store.read_manifest(remote.tables["conv5"])["rows"] == 96
+        np.testing.assert_allclose(a[2][oa], b[2][ob], rtol=1e-6, atol=1e-6)
+    m = store.read_manifest(remote.tables["conv5"])
+    assert m["rows"] == 96 and m["executor"] == on_s3
 
 
-def test_interrupted_write_leaves_no_manifest(setup, ray_local, tmp_path):
-    """SIGKILL the driver while parts are being written: no manifest; a rerun commits cleanly."""
+@pytest.mark.slow
+@pytest.mark.parametrize("killed, rerun", [("local", "ray-data"), ("ray-data", "local")])
+def test_interrupted_write_leaves_no_manifest(setup, ray_local, tmp_path, killed, rerun):
+    """SIGKILL the driver while parts are being written: no manifest; a rerun (by the other executor)
+    sweeps the stale parts and commits cleanly."""
     data = str(tmp_path / "data")
     generate(data, classes=16, train_per_class=1, val_per_class=100, size=48, seed=5, shard_size=50)
     store_uri = str(tmp_path / "store")
@@ -134,7 +151,7 @@ def test_interrupted_write_leaves_no_manifest(setup, ray_local, tmp_path):
         from jobs.activations import ActivationsSpec, run_activations
         ensure_ray(address={address!r})
         spec = ActivationsSpec(dataset={data!r}, split="val", model="alexnet_mini", weights={setup["weights"]!r},
-                               variant_key="v0", layers=("conv5",), batch_size=2)
+                               variant_key="v0", layers=("conv5",), batch_size=2, executor={killed!r})
         run_activations(spec, {store_uri!r})
         """
     )
@@ -157,8 +174,60 @@ def test_interrupted_write_leaves_no_manifest(setup, ray_local, tmp_path):
     assert not store.is_done(out_dir)
     stale = [f for f in os.listdir(local_dir) if f.startswith("part-")]
     assert stale
-    res = run_activations(_spec(setup, dataset=data, layers=("conv5",), batch_size=8), store_uri)
-    assert res.rows == 1600
+    res = run_activations(
+        _spec(setup, dataset=data, layers=("conv5",), batch_size=64, executor=rerun), store_uri
+    )
+    assert res.rows == 1600 and res.executor == rerun
     m = store.read_manifest(out_dir)
     assert m["rows"] == 1600 and not set(stale) & set(m["files"])
     assert sorted(os.listdir(local_dir)) == sorted(["_MANIFEST.json", *m["files"]])
+
+
+# --- the local executor's own behaviour and the executor choice (no Ray needed) -------------------
+
+
+def test_a_failing_stage_stops_the_local_pipeline_and_nothing_is_committed(setup, tmp_path, monkeypatch):
+    """An error in the writer thread reaches the caller (no hang) and no manifest is written."""
+    calls = []
+
+    def broken(table, dirs, name):
+        calls.append(name)
+        raise OSError(f"disk full writing {name}")
+
+    monkeypatch.setattr(activation_parts, "write_block", broken)
+    store_uri = str(tmp_path / "store")
+    with pytest.raises(OSError, match="disk full writing part-"):
+        run_activations(_spec(setup, executor="local", batch_size=8), store_uri)
+    assert len(calls) == 1  # the pipeline stopped at the first failure
+    assert not store.is_done(table_uri(store_uri, "v0", "conv5", "init", "val"))
+
+
+def test_limit_and_progress_on_the_local_executor(setup, tmp_path):
+    seen: list[tuple[int, int | None, str]] = []
+    spec = _spec(setup, executor="local", batch_size=16, limit=40, layers=("conv5",))
+    res = run_activations(
+        spec, str(tmp_path / "store"), progress=lambda d, t, **kw: seen.append((d, t, kw["phase"]))
+    )
+    ids, _, scores = read_table(res.tables["conv5"])
+    assert res.rows == 40 and len(set(ids)) == 40 and scores.shape == (40, 64)
+    assert seen[-1] == (40, 40, "activations") and [d for d, _, _ in seen] == sorted(d for d, _, _ in seen)
+    m = store.read_manifest(res.tables["conv5"])
+    assert len(m["files"]) == 3 and all(f.startswith("part-") for f in m["files"])  # 16 + 16 + 8 rows
+
+
+def test_auto_executor_is_local_on_one_node_and_ray_data_on_several(monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    assert choose_executor("auto") == "local"  # Ray not started: the job fits this process
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": False}])
+    assert choose_executor("auto") == "local"
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": True}])
+    assert choose_executor("auto") == "ray-data"
+    assert choose_executor("local") == "local"  # an explicit setting wins
+
+
+def test_an_unknown_executor_is_refused_with_the_valid_ones(setup, tmp_path):
+    with pytest.raises(ValueError, match="executor='spark'.*auto, local, ray-data"):
+        run_activations(_spec(setup, executor="spark"), str(tmp_path / "store"))
