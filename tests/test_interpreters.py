@@ -20,8 +20,8 @@ from shared.interpreters import (
     upsample,
 )
 from shared.models import build_model, model_info
-from shared.models.zoo import LayerError
 from shared.models.vgg_mini import VGGMini
+from shared.models.zoo import LayerError
 from shared.registry import RegistryError
 from shared.saliency import location_loss
 
