@@ -1,4 +1,6 @@
-"""Phase 2: θ0's activation tables of every variant (Ray Data), top-k sets on train, D_τ on val."""
+"""Phase 2: θ0's activation tables of every variant, top-k sets on train, D_τ on val.
+
+jobs/activations.py picks the executor: local streaming on one node, Ray Data across nodes."""
 
 from __future__ import annotations
 
