@@ -13,7 +13,7 @@ skipped. No Tune or MLflow here: the orchestrator wraps ``report`` and ``alpha_s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from jobs.attack_data import prepare_data, steps_per_epoch
 from jobs.attack_spec import CODE_VERSION, AttackSpec
 from jobs.attack_state import find_checkpoint, load_state, rng_state, save_state, set_rng_state
 from jobs.train_stream import TrainStream
-from shared import store
+from shared import store, timing
 from shared.alpha import next_alpha
 from shared.attacks import accuracy, build_attack, train_step
 from shared.device import autocast, pick_device
@@ -130,13 +130,17 @@ class _Trial:
 
     def accuracy(self, model: torch.nn.Module) -> float:
         ev = self.data.eval
-        return accuracy(model, ev.pixels, ev.labels, self.spec.eval_batch_size, self.amp)
+        with timing.part("eval"):
+            return accuracy(model, ev.pixels, ev.labels, self.spec.eval_batch_size, self.amp)
 
     def resume(self, path: str, alpha_source: AlphaSource | None) -> None:
         state = load_state(find_checkpoint(path), self.key)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
+        timer = timing.current()
+        if timer is not None:  # the trial's cost sums its attempts (each up to its last checkpoint)
+            timer.carry(state.get("costs", {}))
         self.step, self.alpha, self.history = state["step"], state["alpha"], list(state["history"])
         if state.get("kept_step") is not None:
             kept = state["kept_model"] if state["kept_model"] is not None else state["model"]
@@ -153,18 +157,19 @@ class _Trial:
         sums, count = [0.0, 0.0], 0
         while self.step < self.total:
             epoch, pos = divmod(self.step, self.per_epoch)
-            for pixels, labels in stream.labelled(epoch, skip=pos, device=self.device):
-                batch = self.attack.batch(pixels, labels, self.step, self.spec.seed)
-                losses = train_step(
-                    self.model,
-                    self.spec.model,
-                    self.teacher,
-                    self.attack,
-                    batch,
-                    self.alpha,
-                    self.optimizer,
-                    self.amp,
-                )
+            for pixels, labels in _timed(stream.labelled(epoch, skip=pos, device=self.device), "train"):
+                with timing.part("train"):
+                    batch = self.attack.batch(pixels, labels, self.step, self.spec.seed)
+                    losses = train_step(
+                        self.model,
+                        self.spec.model,
+                        self.teacher,
+                        self.attack,
+                        batch,
+                        self.alpha,
+                        self.optimizer,
+                        self.amp,
+                    )
                 sums, count = [sums[0] + losses.attack, sums[1] + losses.maintain], count + 1
                 self.step, pos = self.step + 1, pos + 1
                 if pos in boundaries or self.step == self.total:
@@ -233,7 +238,10 @@ class _Trial:
             # the kept state is usually this step's own weights: then only its step is saved
             "kept_model": None if self.kept is None or self.kept[0] == self.step else self.kept[1],
         }  # fmt: skip
-        return save_state(checkpoint_dir, self.step, state, self.spec.keep_checkpoints)
+        with timing.part("save"):
+            timer = timing.current()
+            state["costs"] = {} if timer is None else timer.totals()  # summed again on resume
+            return save_state(checkpoint_dir, self.step, state, self.spec.keep_checkpoints)
 
 
 def _run(spec, store_uri, key, device, report, checkpoint_dir, resume_from, alpha_source, t0) -> AttackResult:
@@ -269,6 +277,18 @@ def result_choice(
     return (int(held[-1]), False) if held else (last_step, True)
 
 
+def _timed(items: Iterable[Any], part: str) -> Iterator[Any]:
+    """``items``, each ``next`` charged to ``part`` (the training stream's decode and copy are training)."""
+    it = iter(items)
+    while True:
+        with timing.part(part):
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+        yield item
+
+
 def _boundaries(per_epoch: int, evals: int) -> set[int]:
     """Positions in an epoch after which an evaluation runs: ``evals`` evenly spaced, the last at the end."""
     return {max(1, round((i + 1) * per_epoch / evals)) for i in range(evals)}
@@ -295,6 +315,11 @@ def _wants_stop(reply: dict[str, Any] | None) -> bool:
 
 
 def _commit(spec, store_uri, key, trial: _Trial, final_acc, seconds, outcome: dict[str, Any]) -> str:
+    with timing.part("save"):
+        return _write_model(spec, store_uri, key, trial, final_acc, seconds, outcome)
+
+
+def _write_model(spec, store_uri, key, trial: _Trial, final_acc, seconds, outcome: dict[str, Any]) -> str:
     out = model_dir(store_uri, key)
     uri = store.join(out, "model.pt")
     info = {"key": key, "spec": asdict(spec), "code_version": CODE_VERSION, "acc0": trial.acc0,
