@@ -40,9 +40,8 @@ def sweep_dict(root: str, quick: bool) -> dict:
                     "synth": {"classes": 16, "train_per_class": 40 if quick else 100, "val_per_class": 10}},
         "models": [{"name": "alexnet_mini", "weights": "pretrain"}],
         "layers": ["conv5"],
-        "attacks": [{"name": "push-down"}],
-        "training": {"batch_size": 32, "epochs": 1 if quick else 2, "evals_per_epoch": 10, "eval_images": 128,
-                     "k": 5},
+        "attacks": [{"name": "push-down", "k": 5}],
+        "training": {"batch_size": 32, "epochs": 1 if quick else 2, "evals_per_epoch": 10, "eval_images": 128},
         "metrics": {"embedder": "reference", "k": 5, "tau_images": 160, "picture_units": 2},
     }  # fmt: skip
 

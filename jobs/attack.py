@@ -152,7 +152,8 @@ class _Trial:
         self, report: Report | None, checkpoint_dir: str | None, alpha_source: AlphaSource | None
     ) -> bool:
         """Steps until the end (returns False) or until ``report`` asks to stop (returns True)."""
-        stream = TrainStream(self.spec, self.data.train_rows, self.spec.cache_mb * 2**20)
+        with timing.part("train"):  # decoding (and caching) the train split feeds the steps
+            stream = TrainStream(self.spec, self.data.train_rows, self.spec.cache_mb * 2**20)
         boundaries = _boundaries(self.per_epoch, self.spec.evals_per_epoch)
         sums, count = [0.0, 0.0], 0
         while self.step < self.total:
@@ -218,8 +219,13 @@ class _Trial:
         return step, broken
 
     def after_eval(self, metrics, report, checkpoint_dir, alpha_source) -> bool:
-        """Checkpoint (if due), report, then take a scheduler's α; True when report asked to stop."""
+        """Checkpoint (if due), report, then take a scheduler's α; True when report asked to stop.
+
+        No checkpoint after the last step unless the run stops there: the model is committed next,
+        and a crash before that only repeats the last interval (a resumed run gives the same weights).
+        """
         due = checkpoint_dir is not None and len(self.history) % self.spec.checkpoint_every == 0
+        due = due and self.step < self.total
         ckpt = self.save(checkpoint_dir) if due else None
         stop = _wants_stop(report({**metrics, "checkpoint": ckpt}) if report is not None else None)
         if stop and ckpt is None and checkpoint_dir is not None:
@@ -256,10 +262,35 @@ def _run(spec, store_uri, key, device, report, checkpoint_dir, resume_from, alph
     if not stopped:
         outcome = {"result_step": result_step, "budget_broken": broken}
         uri = _commit(spec, store_uri, key, trial, final_acc, time.time() - t0, outcome)
+        _share_accuracy(spec, store_uri, key, trial, result_step, uri)
     return AttackResult(
         uri, key, trial.history, final_acc, trial.acc0, trial.step, False, stopped, trial.last_ckpt,
         time.time() - t0, result_step, broken,
     )  # fmt: skip
+
+
+def _share_accuracy(
+    spec: AttackSpec, store_uri: str, key: str, trial: _Trial, result_step: int, uri: str
+) -> None:
+    """Acc on the split, committed from the evaluations when they classified all of it (one forward
+    pass over V fewer in the metrics stage): the result state's, and θ0's unless committed already.
+
+    Only in fp32 (``amp`` off): the metrics stage classifies in fp32, and the two must agree.
+    """
+    from jobs.accuracy import commit_counted, committed_accuracy
+
+    ev = trial.data.eval
+    rows = len(ev.labels)
+    by_step = {h["step"]: h for h in trial.history}
+    if spec.amp or rows == 0 or spec.eval_images < ev.split_rows or result_step not in by_step:
+        return
+    base = (spec.dataset, spec.eval_split, spec.model)
+    common = {"rows": rows, "corrupt": ev.split_rows - rows}
+    if committed_accuracy(*base, spec.weights, store_uri, spec.variant_key, "init") is None:
+        commit_counted(*base, spec.weights, store_uri, spec.variant_key, "init",
+                       correct=round(trial.acc0 * rows), source="attack evaluation of θ0", **common)  # fmt: skip
+    commit_counted(*base, uri, store_uri, spec.variant_key, key, correct=round(by_step[result_step]["acc"] * rows),
+                   source=f"attack evaluation at step {result_step}", **common)  # fmt: skip
 
 
 def result_choice(

@@ -471,3 +471,25 @@ def test_a_run_that_cannot_hold_the_budget_is_marked_broken(tiny, ray_local, mon
     assert res.budget_broken and res.result_step == 8 and res.model_uri is not None
     manifest = store.read_manifest(model_dir(str(tiny["root"] / "broken"), res.key))
     assert manifest["budget_broken"] is True and manifest["result_step"] == 8
+
+
+@pytest.mark.slow
+def test_evaluations_of_the_whole_val_split_are_committed_as_its_accuracy(tiny, ray_local):
+    """The eval subset is all of V here (eval_images > 64): Acc on V is the evaluations' count, and
+    the metrics stage's own forward pass would give the same counts."""
+    from jobs.accuracy import committed_accuracy, run_accuracy
+    from jobs.attack import run_attack
+
+    spec = _tiny_spec(tiny, max_steps=8)
+    root, fresh = str(tiny["root"] / "acc"), str(tiny["root"] / "acc-fresh")
+    res = run_attack(spec, root)
+    for weights, state, acc in ((res.model_uri, res.key, res.final_acc), (spec.weights, "init", res.acc0)):
+        shared = committed_accuracy(spec.dataset, "val", spec.model, weights, root, "tiny", state)
+        assert shared is not None and shared.acc == pytest.approx(100 * acc)
+        computed = run_accuracy(spec.dataset, "val", spec.model, weights, fresh, "tiny", state)
+        assert not computed.skipped
+        assert (computed.correct, computed.rows, computed.corrupt) == (
+            shared.correct,
+            shared.rows,
+            shared.corrupt,
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from jobs.accuracy import run_accuracy
 from jobs.activations import variant_tables
 from orchestrator.plan import Prepared
 from shared.attacks import family_of
@@ -11,7 +12,11 @@ from shared.progress import no_progress
 
 
 def initial_tables(spec: Any, prep: Prepared, progress=None) -> None:
-    """Only when a family of the sweep starts from them (saliency fooling reads no unit tables)."""
+    """Only when a family of the sweep starts from them (saliency fooling reads no unit tables).
+
+    Acc(θ0) on V too: every trial's metrics stage needs it, and computed here it is one forward
+    pass per variant instead of one in each trial that starts before another has committed it.
+    """
     if not spec.layers or not any(family_of(a.name).needs_tables for a in spec.attacks):
         if progress is not None:
             progress.close()
@@ -20,5 +25,7 @@ def initial_tables(spec: Any, prep: Prepared, progress=None) -> None:
     for v in dict.fromkeys(prep.variants):
         variant_tables(prep.dataset, splits, v.model, v.weights, v.key, tuple(spec.layers), spec.store,
                        progress or no_progress)  # fmt: skip
+        run_accuracy(prep.dataset, spec.dataset.val_split, v.model, v.weights, spec.store, v.key, "init",
+                     progress=progress or no_progress)  # fmt: skip
     if progress is not None:
         progress.close()
