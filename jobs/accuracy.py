@@ -89,14 +89,11 @@ def run_accuracy(
     progress: Progress = no_progress,
 ) -> AccuracyResult:
     """Top-1 of ``model`` with ``weights`` on every image of ``split`` (computed or reused); needs Ray."""
-    from shared.dataset_meta import dataset_id
-
     out = accuracy_uri(store_uri, variant_key, state_key, split)
-    ident = {"model": model, "weights": weights, "split": split}
-    key = store.content_key(ident, dataset_id(dataset), CODE_VERSION)
-    done = integrity.intact_manifest(out)
-    if done is not None and done.get("key") == key:
-        return AccuracyResult(out, done["acc"], done["correct"], done["rows"], done["corrupt"], True)
+    ident, key = _identity(dataset, split, model, weights)
+    done = committed_accuracy(dataset, split, model, weights, store_uri, variant_key, state_key)
+    if done is not None:
+        return done
     integrity.check_dataset(dataset, split)  # a damaged shard is named, with its re-import
     integrity.prepare_recompute(out)
     t0 = time.time()
@@ -118,6 +115,52 @@ def run_accuracy(
         },
     )  # fmt: skip
     return AccuracyResult(out, acc, correct, int(len(labels)), corrupt, False)
+
+
+def _identity(dataset: str, split: str, model: str, weights: str) -> tuple[dict, str]:
+    from shared.dataset_meta import dataset_id
+
+    ident = {"model": model, "weights": weights, "split": split}
+    return ident, store.content_key(ident, dataset_id(dataset), CODE_VERSION)
+
+
+def committed_accuracy(
+    dataset: str, split: str, model: str, weights: str, store_uri: str, variant_key: str, state_key: str
+) -> AccuracyResult | None:
+    """The committed result for these inputs, or None (reads one manifest)."""
+    out = accuracy_uri(store_uri, variant_key, state_key, split)
+    done = integrity.intact_manifest(out)
+    if done is None or done.get("key") != _identity(dataset, split, model, weights)[1]:
+        return None
+    return AccuracyResult(out, done["acc"], done["correct"], done["rows"], done["corrupt"], True)
+
+
+def commit_counted(
+    dataset: str, split: str, model: str, weights: str, store_uri: str, variant_key: str, state_key: str,
+    correct: int, rows: int, corrupt: int, source: str,
+) -> AccuracyResult:  # fmt: skip
+    """Commit a top-1 counted elsewhere over every readable image of ``split`` (no forward pass here).
+
+    The attack job's evaluations classify the whole split when its evaluation subset is all of
+    it: the same images, decoded the same way, with the same weights, so its count of the
+    committed state is this stage's result (``source`` says where it came from).
+    """
+    from shared.metrics import accuracy
+
+    out = accuracy_uri(store_uri, variant_key, state_key, split)
+    ident, key = _identity(dataset, split, model, weights)
+    preds = np.r_[np.zeros(correct, np.int64), np.ones(rows - correct, np.int64)]
+    acc = accuracy(preds, np.zeros(rows, np.int64))  # the same formula as a computed result
+    integrity.prepare_recompute(out)
+    store.write_manifest(
+        out,
+        {
+            "kind": "accuracy", "key": key, "producer": CODE_VERSION, "files": [], "acc": acc,
+            "correct": int(correct), "rows": int(rows), "corrupt": int(corrupt), "seconds": 0.0, "source": source,
+            "inputs": {**ident, "dataset": dataset, "variant_key": variant_key, "state_key": state_key},
+        },
+    )  # fmt: skip
+    return AccuracyResult(out, acc, int(correct), int(rows), int(corrupt), False)
 
 
 def _predict(

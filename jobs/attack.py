@@ -13,7 +13,7 @@ skipped. No Tune or MLflow here: the orchestrator wraps ``report`` and ``alpha_s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from jobs.attack_data import prepare_data, steps_per_epoch
 from jobs.attack_spec import CODE_VERSION, AttackSpec
 from jobs.attack_state import find_checkpoint, load_state, rng_state, save_state, set_rng_state
 from jobs.train_stream import TrainStream
-from shared import store
+from shared import store, timing
 from shared.alpha import next_alpha
 from shared.attacks import accuracy, build_attack, train_step
 from shared.device import autocast, pick_device
@@ -130,13 +130,17 @@ class _Trial:
 
     def accuracy(self, model: torch.nn.Module) -> float:
         ev = self.data.eval
-        return accuracy(model, ev.pixels, ev.labels, self.spec.eval_batch_size, self.amp)
+        with timing.part("eval"):
+            return accuracy(model, ev.pixels, ev.labels, self.spec.eval_batch_size, self.amp)
 
     def resume(self, path: str, alpha_source: AlphaSource | None) -> None:
         state = load_state(find_checkpoint(path), self.key)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
+        timer = timing.current()
+        if timer is not None:  # the trial's cost sums its attempts (each up to its last checkpoint)
+            timer.carry(state.get("costs", {}))
         self.step, self.alpha, self.history = state["step"], state["alpha"], list(state["history"])
         if state.get("kept_step") is not None:
             kept = state["kept_model"] if state["kept_model"] is not None else state["model"]
@@ -148,23 +152,25 @@ class _Trial:
         self, report: Report | None, checkpoint_dir: str | None, alpha_source: AlphaSource | None
     ) -> bool:
         """Steps until the end (returns False) or until ``report`` asks to stop (returns True)."""
-        stream = TrainStream(self.spec, self.data.train_rows, self.spec.cache_mb * 2**20)
+        with timing.part("train"):  # decoding (and caching) the train split feeds the steps
+            stream = TrainStream(self.spec, self.data.train_rows, self.spec.cache_mb * 2**20)
         boundaries = _boundaries(self.per_epoch, self.spec.evals_per_epoch)
         sums, count = [0.0, 0.0], 0
         while self.step < self.total:
             epoch, pos = divmod(self.step, self.per_epoch)
-            for pixels, labels in stream.labelled(epoch, skip=pos, device=self.device):
-                batch = self.attack.batch(pixels, labels, self.step, self.spec.seed)
-                losses = train_step(
-                    self.model,
-                    self.spec.model,
-                    self.teacher,
-                    self.attack,
-                    batch,
-                    self.alpha,
-                    self.optimizer,
-                    self.amp,
-                )
+            for pixels, labels in _timed(stream.labelled(epoch, skip=pos, device=self.device), "train"):
+                with timing.part("train"):
+                    batch = self.attack.batch(pixels, labels, self.step, self.spec.seed)
+                    losses = train_step(
+                        self.model,
+                        self.spec.model,
+                        self.teacher,
+                        self.attack,
+                        batch,
+                        self.alpha,
+                        self.optimizer,
+                        self.amp,
+                    )
                 sums, count = [sums[0] + losses.attack, sums[1] + losses.maintain], count + 1
                 self.step, pos = self.step + 1, pos + 1
                 if pos in boundaries or self.step == self.total:
@@ -213,8 +219,13 @@ class _Trial:
         return step, broken
 
     def after_eval(self, metrics, report, checkpoint_dir, alpha_source) -> bool:
-        """Checkpoint (if due), report, then take a scheduler's α; True when report asked to stop."""
+        """Checkpoint (if due), report, then take a scheduler's α; True when report asked to stop.
+
+        No checkpoint after the last step unless the run stops there: the model is committed next,
+        and a crash before that only repeats the last interval (a resumed run gives the same weights).
+        """
         due = checkpoint_dir is not None and len(self.history) % self.spec.checkpoint_every == 0
+        due = due and self.step < self.total
         ckpt = self.save(checkpoint_dir) if due else None
         stop = _wants_stop(report({**metrics, "checkpoint": ckpt}) if report is not None else None)
         if stop and ckpt is None and checkpoint_dir is not None:
@@ -233,7 +244,10 @@ class _Trial:
             # the kept state is usually this step's own weights: then only its step is saved
             "kept_model": None if self.kept is None or self.kept[0] == self.step else self.kept[1],
         }  # fmt: skip
-        return save_state(checkpoint_dir, self.step, state, self.spec.keep_checkpoints)
+        with timing.part("save"):
+            timer = timing.current()
+            state["costs"] = {} if timer is None else timer.totals()  # summed again on resume
+            return save_state(checkpoint_dir, self.step, state, self.spec.keep_checkpoints)
 
 
 def _run(spec, store_uri, key, device, report, checkpoint_dir, resume_from, alpha_source, t0) -> AttackResult:
@@ -248,10 +262,35 @@ def _run(spec, store_uri, key, device, report, checkpoint_dir, resume_from, alph
     if not stopped:
         outcome = {"result_step": result_step, "budget_broken": broken}
         uri = _commit(spec, store_uri, key, trial, final_acc, time.time() - t0, outcome)
+        _share_accuracy(spec, store_uri, key, trial, result_step, uri)
     return AttackResult(
         uri, key, trial.history, final_acc, trial.acc0, trial.step, False, stopped, trial.last_ckpt,
         time.time() - t0, result_step, broken,
     )  # fmt: skip
+
+
+def _share_accuracy(
+    spec: AttackSpec, store_uri: str, key: str, trial: _Trial, result_step: int, uri: str
+) -> None:
+    """Acc on the split, committed from the evaluations when they classified all of it (one forward
+    pass over V fewer in the metrics stage): the result state's, and θ0's unless committed already.
+
+    Only in fp32 (``amp`` off): the metrics stage classifies in fp32, and the two must agree.
+    """
+    from jobs.accuracy import commit_counted, committed_accuracy
+
+    ev = trial.data.eval
+    rows = len(ev.labels)
+    by_step = {h["step"]: h for h in trial.history}
+    if spec.amp or rows == 0 or spec.eval_images < ev.split_rows or result_step not in by_step:
+        return
+    base = (spec.dataset, spec.eval_split, spec.model)
+    common = {"rows": rows, "corrupt": ev.split_rows - rows}
+    if committed_accuracy(*base, spec.weights, store_uri, spec.variant_key, "init") is None:
+        commit_counted(*base, spec.weights, store_uri, spec.variant_key, "init",
+                       correct=round(trial.acc0 * rows), source="attack evaluation of θ0", **common)  # fmt: skip
+    commit_counted(*base, uri, store_uri, spec.variant_key, key, correct=round(by_step[result_step]["acc"] * rows),
+                   source=f"attack evaluation at step {result_step}", **common)  # fmt: skip
 
 
 def result_choice(
@@ -267,6 +306,18 @@ def result_choice(
         return last_step, False
     held = [h["step"] for h in history if h["acc_drop"] <= max_drop_pp]
     return (int(held[-1]), False) if held else (last_step, True)
+
+
+def _timed(items: Iterable[Any], part: str) -> Iterator[Any]:
+    """``items``, each ``next`` charged to ``part`` (the training stream's decode and copy are training)."""
+    it = iter(items)
+    while True:
+        with timing.part(part):
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+        yield item
 
 
 def _boundaries(per_epoch: int, evals: int) -> set[int]:
@@ -295,6 +346,11 @@ def _wants_stop(reply: dict[str, Any] | None) -> bool:
 
 
 def _commit(spec, store_uri, key, trial: _Trial, final_acc, seconds, outcome: dict[str, Any]) -> str:
+    with timing.part("save"):
+        return _write_model(spec, store_uri, key, trial, final_acc, seconds, outcome)
+
+
+def _write_model(spec, store_uri, key, trial: _Trial, final_acc, seconds, outcome: dict[str, Any]) -> str:
     out = model_dir(store_uri, key)
     uri = store.join(out, "model.pt")
     info = {"key": key, "spec": asdict(spec), "code_version": CODE_VERSION, "acc0": trial.acc0,

@@ -48,6 +48,7 @@ class EvalSubset:
     ids: list[str]
     pixels: torch.Tensor
     labels: torch.Tensor
+    split_rows: int = 0  # images in the whole split (ids == all of it, less unreadable ones, when equal)
 
 
 @dataclass
@@ -91,7 +92,7 @@ def eval_subset(spec: AttackSpec, device: torch.device) -> EvalSubset:
     pixels, keep = decode_ids(spec, spec.eval_split, ids)
     labels = torch.from_numpy(eval_lab[pick][keep].astype(np.int64))
     ids = [i for i, k in zip(ids, keep) if k]
-    return EvalSubset(ids, pixels.to(device), labels.to(device))
+    return EvalSubset(ids, pixels.to(device), labels.to(device), len(eval_all))
 
 
 @register_provider("unit-targets")

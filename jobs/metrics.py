@@ -46,7 +46,7 @@ from jobs.metrics_inputs import (
     unit_states,
 )
 from jobs.topk import run_topk
-from shared import integrity, store
+from shared import integrity, store, timing
 from shared.metrics import (
     alive_units,
     clip_delta,
@@ -248,14 +248,15 @@ def run_metrics(spec: MetricsSpec, store_uri: str, progress: Progress = no_progr
 def _compute(spec, store_uri, pending, dirs, keys, progress) -> dict[tuple[str, str], LayerSplitMetrics]:
     from shared.embedders import get_embedder
 
-    tables = {
-        (st, sp): run_activations(
-            spec.activations(st, sp), store_uri, _tagged(progress, state=st, split=sp)
-        ).tables
-        for st in STATES
-        for sp in _needed_splits(spec)
-    }
-    accs = tuple(_accuracy(spec, st, store_uri, _tagged(progress, state=st)) for st in STATES)
+    with timing.part("tables"):  # the forward passes over whole splits: tables, and Acc on V
+        tables = {
+            (st, sp): run_activations(
+                spec.activations(st, sp), store_uri, _tagged(progress, state=st, split=sp)
+            ).tables
+            for st in STATES
+            for sp in _needed_splits(spec)
+        }
+        accs = tuple(_accuracy(spec, st, store_uri, _tagged(progress, state=st)) for st in STATES)
     topk = {(st, ly, sp): run_topk(tables[(st, sp)][ly], spec.k).table for st in STATES for ly, sp in pending}
     embedder = get_embedder(_embedder_spec(spec.embedder), device=spec.device)
     emb = {}

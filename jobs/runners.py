@@ -9,14 +9,16 @@ No Tune or MLflow here: ``report`` and ``alpha_source`` come from the caller.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from jobs.attack import AlphaSource, Report, model_dir, run_attack
 from jobs.attack_spec import AttackSpec
 from jobs.metrics import MetricsResult, MetricsSpec, committed_metrics, run_metrics
-from shared import store
+from shared import store, timing
 from shared.attacks import family_of
 from shared.registry import Registry
 
@@ -69,6 +71,9 @@ class TrialOutcome:
     artifacts: list[tuple[str, str]]  # (store URI, file name at the run's artifact root)
     unit_tables: dict[str, str] = field(default_factory=dict)  # "layer/split" -> per-unit table URI
     budget_broken: bool = False
+    # Seconds per part of this run (shared.timing: train_s, eval_s, tables_s, metrics_s, other_s,
+    # wall_s, ...); empty for an outcome read from the store. Costs, not results: kept out of ``final``.
+    costs: dict[str, float] = field(default_factory=dict)
 
 
 class Runner:
@@ -170,16 +175,20 @@ class FineTuneRunner(Runner):
     def run(self, job, store_uri, report=None, checkpoint_dir=None, resume_from=None, alpha_source=None):
         from shared.dataset_meta import dataset_id
 
-        spec = self.attack_spec(job)
-        res = run_attack(
-            spec, store_uri, report=report, checkpoint_dir=checkpoint_dir, resume_from=resume_from,
-            alpha_source=alpha_source,
-        )  # fmt: skip
-        if res.stopped or res.model_uri is None:
-            return None
-        mres = run_metrics(self.metrics_spec(job, store_uri, dataset_id(job.dataset)), store_uri)
-        am = {"history": res.history, "result_step": res.result_step, "budget_broken": res.budget_broken}
-        return self._outcome(job, res.key, res.model_uri, am, mres)
+        with trial_timer() as timer:
+            spec = self.attack_spec(job)
+            res = run_attack(
+                spec, store_uri, report=report, checkpoint_dir=checkpoint_dir, resume_from=resume_from,
+                alpha_source=alpha_source,
+            )  # fmt: skip
+            if res.stopped or res.model_uri is None:
+                return None
+            with timing.part("metrics"):
+                mres = run_metrics(self.metrics_spec(job, store_uri, dataset_id(job.dataset)), store_uri)
+            am = {"history": res.history, "result_step": res.result_step, "budget_broken": res.budget_broken}
+            outcome = self._outcome(job, res.key, res.model_uri, am, mres)
+            outcome.costs = timer.costs()
+            return outcome
 
     def _outcome(
         self, job: TrialJob, akey: str, model_uri: str, am: dict, mres: MetricsResult
@@ -242,13 +251,17 @@ class SaliencyRunner(FineTuneRunner):
         from jobs.saliency_eval import run_saliency_eval
         from shared.dataset_meta import dataset_id
 
-        res = run_attack(self.attack_spec(job), store_uri, report=report, checkpoint_dir=checkpoint_dir,
-                         resume_from=resume_from, alpha_source=alpha_source)  # fmt: skip
-        if res.stopped or res.model_uri is None:
-            return None
-        ev = run_saliency_eval(self.eval_spec(job, store_uri, dataset_id(job.dataset)), store_uri)
-        am = {"history": res.history, "result_step": res.result_step, "budget_broken": res.budget_broken}
-        return self._saliency_outcome(job, res.key, model_dir(store_uri, res.key), am, ev)
+        with trial_timer() as timer:
+            res = run_attack(self.attack_spec(job), store_uri, report=report, checkpoint_dir=checkpoint_dir,
+                             resume_from=resume_from, alpha_source=alpha_source)  # fmt: skip
+            if res.stopped or res.model_uri is None:
+                return None
+            with timing.part("metrics"):  # FSR: maps of θ0 and θ, their accuracies, the picture
+                ev = run_saliency_eval(self.eval_spec(job, store_uri, dataset_id(job.dataset)), store_uri)
+            am = {"history": res.history, "result_step": res.result_step, "budget_broken": res.budget_broken}
+            outcome = self._saliency_outcome(job, res.key, model_dir(store_uri, res.key), am, ev)
+            outcome.costs = timer.costs()
+            return outcome
 
     def _saliency_outcome(self, job: TrialJob, akey: str, mdir: str, am: dict, ev) -> TrialOutcome:
         from jobs.saliency_eval import summary
@@ -265,6 +278,14 @@ class SaliencyRunner(FineTuneRunner):
         if ev.picture_uri is not None:
             artifacts.append((ev.picture_uri, "heatmaps_before_after.png"))
         return TrialOutcome(akey, store.join(mdir, "model.pt"), history, final, artifacts, {}, broken)
+
+
+@contextlib.contextmanager
+def trial_timer() -> Iterator[timing.PartTimer]:
+    """The caller's active timer (a Tune trial's, started with it), else one started now."""
+    timer = timing.current() or timing.PartTimer()
+    with timing.active(timer):
+        yield timer
 
 
 METRIC_NAMES = ("clip_delta", "kendall_tau", "clip_w", "kendall_tau_w", "topk_overlap")

@@ -25,7 +25,7 @@ from jobs.runners import TrialOutcome, runner_for
 from orchestrator.alpha_scheduler import BOARD_NAMESPACE, board_name
 from orchestrator.plan import TrialPlan
 from orchestrator.tracking import TrialRun
-from shared import store
+from shared import store, timing
 
 STEP_METRICS = ("attack_loss", "maintain_loss", "alpha", "acc_drop", "epoch")
 DECISION_TIMEOUT_S = 600.0
@@ -59,7 +59,16 @@ def stop_marker(store_uri: str, attack_key: str) -> str:
 
 
 def attack_trial(config: dict[str, Any], ctx: TrialContext) -> None:
-    """Tune function trainable; ``config["plan"]`` is a :class:`TrialPlan` as a dict."""
+    """Tune function trainable; ``config["plan"]`` is a :class:`TrialPlan` as a dict.
+
+    Its wall time, from here, is split into parts (shared.timing) that the run logs as final
+    metrics: the jobs' train / eval / tables / metrics / save, this trial's MLflow ``log``, other.
+    """
+    with timing.active(timing.PartTimer()):
+        _attack_trial(config, ctx)
+
+
+def _attack_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     store.configure(ctx.s3)
     plan = TrialPlan.from_dict(config["plan"])
     job = plan.trial_job()
@@ -78,14 +87,15 @@ def attack_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     def report(m: dict[str, Any]) -> None:
         step = int(m["step"])
         values = {**{k: float(m[k]) for k in STEP_METRICS if k in m}, "eval_acc": float(m["acc"])}
-        if plan.alpha_controlled:
-            stash[step] = values  # logged with the controller's decision, in one MLflow call
-        else:
-            run.log_step(values, step)
-        tune.report(
-            {**{k: v for k, v in m.items() if isinstance(v, int | float) and not isinstance(v, bool)},
-             "phase": "attack", "alpha_controlled": plan.alpha_controlled}
-        )  # fmt: skip
+        with timing.part("log"):
+            if plan.alpha_controlled:
+                stash[step] = values  # logged with the controller's decision, in one MLflow call
+            else:
+                run.log_step(values, step)
+            tune.report(
+                {**{k: v for k, v in m.items() if isinstance(v, int | float) and not isinstance(v, bool)},
+                 "phase": "attack", "alpha_controlled": plan.alpha_controlled}
+            )  # fmt: skip
 
     replay = [resume is not None]  # only the first question after a restart may need a replay
 
@@ -101,8 +111,9 @@ def attack_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             raise TimeoutError(
                 f"no α decision for step {step} of trial {plan.run_name} in {DECISION_TIMEOUT_S} s"
             )
-        run.log_step({**stash.pop(step, {}), "alpha_next": d["alpha"], "alpha_stop": float(d["stop"]),
-                      "alpha_wait_s": waited}, step)  # fmt: skip
+        with timing.part("log"):
+            run.log_step({**stash.pop(step, {}), "alpha_next": d["alpha"], "alpha_stop": float(d["stop"]),
+                          "alpha_wait_s": waited}, step)  # fmt: skip
         if d["stop"]:
             raise BudgetStop(
                 f"α at its floor ({d['previous']:.2g}) and the accuracy drop {d['drop_pp']:.2f} pp still over "
@@ -124,17 +135,27 @@ def attack_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         return
     if outcome is None:
         raise RuntimeError(f"trial {plan.run_name} ended without a result (its job stopped early)")
-    finish_run(run, plan, outcome, ray.get(board.history.remote(plan.trial_key)))
-    tune.report({**outcome.final, "phase": "done", "done_trial": 1})
+    costs = finish_run(run, plan, outcome, ray.get(board.history.remote(plan.trial_key)))
+    tune.report({**outcome.final, **costs, "phase": "done", "done_trial": 1})
 
 
-def finish_run(run: TrialRun, plan: TrialPlan, outcome: TrialOutcome, decisions: list | None = None) -> None:
-    """Artifacts, final metrics and the status tag of a finished trial's run, then FINISHED."""
-    log_outputs(run, plan, outcome, decisions)
-    run.log_final(outcome.final)
+def finish_run(
+    run: TrialRun, plan: TrialPlan, outcome: TrialOutcome, decisions: list | None = None
+) -> dict[str, float]:
+    """Artifacts, final metrics and the status tag of a finished trial's run, then FINISHED.
+
+    The final metrics carry the trial's cost parts (``*_s``): the active timer's, taken after the
+    artifacts are logged, or the outcome's own; none for an outcome read from the store. Returns them.
+    """
+    with timing.part("log"):
+        log_outputs(run, plan, outcome, decisions)
+    timer = timing.current()
+    costs = timer.costs() if timer is not None else dict(outcome.costs)
+    run.log_final({**outcome.final, **costs})
     status = "budget broken" if outcome.budget_broken else "done"
     run.set_tags({"vizsweep.status": status})
     run.finish("FINISHED")
+    return costs
 
 
 def _mark_attempt(run: TrialRun, resume: str | None) -> None:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from jobs.attack import AttackSpec
 from jobs.attack_state import ResumeError, find_checkpoint, load_state, rng_state, save_state, set_rng_state
+from shared import timing
 from shared.alpha import AlphaConfig, next_alpha
 from shared.attacks import (
     Attack,
@@ -363,12 +364,22 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tiny, ray_local, attac
     # stop mid-epoch 0 (step 4) and mid-epoch 1 (step 12); each resume replays its epoch to its position
     ckpt = str(root / "ckpt")
     log: list = []
-    first = run_attack(spec, str(root / "b"), report=_stop_at({4}, log), checkpoint_dir=ckpt)
+    with timing.active(timing.PartTimer()):  # as a Tune trial: the checkpoint keeps the parts so far
+        first = run_attack(spec, str(root / "b"), report=_stop_at({4}, log), checkpoint_dir=ckpt)
     assert (
         first.stopped and first.model_uri is None and first.steps == 4 and first.checkpoint.endswith("000004")
     )
-    second = run_attack(spec, str(root / "b"), _stop_at({12}, log), checkpoint_dir=ckpt, resume_from=ckpt)
+    kept = load_state(find_checkpoint(ckpt), first.key)["costs"]
+    assert (
+        kept["train"] > 0
+        and kept["eval"] > 0
+        and kept["save"] > 0
+        and kept["wall"] >= sum(v for k, v in kept.items() if k != "wall")
+    )
+    with timing.active(timing.PartTimer()) as timer:  # a resumed attempt sums its parts with the first's
+        second = run_attack(spec, str(root / "b"), _stop_at({12}, log), checkpoint_dir=ckpt, resume_from=ckpt)
     assert second.stopped and second.steps == 12
+    assert timer.carried == kept and timer.totals()["train"] > kept["train"]
     third = run_attack(spec, str(root / "b"), _stop_at(set(), log), checkpoint_dir=ckpt, resume_from=ckpt)
     assert not third.stopped and third.steps == 16
     a, b = _weights(straight.model_uri), _weights(third.model_uri)
@@ -460,3 +471,25 @@ def test_a_run_that_cannot_hold_the_budget_is_marked_broken(tiny, ray_local, mon
     assert res.budget_broken and res.result_step == 8 and res.model_uri is not None
     manifest = store.read_manifest(model_dir(str(tiny["root"] / "broken"), res.key))
     assert manifest["budget_broken"] is True and manifest["result_step"] == 8
+
+
+@pytest.mark.slow
+def test_evaluations_of_the_whole_val_split_are_committed_as_its_accuracy(tiny, ray_local):
+    """The eval subset is all of V here (eval_images > 64): Acc on V is the evaluations' count, and
+    the metrics stage's own forward pass would give the same counts."""
+    from jobs.accuracy import committed_accuracy, run_accuracy
+    from jobs.attack import run_attack
+
+    spec = _tiny_spec(tiny, max_steps=8)
+    root, fresh = str(tiny["root"] / "acc"), str(tiny["root"] / "acc-fresh")
+    res = run_attack(spec, root)
+    for weights, state, acc in ((res.model_uri, res.key, res.final_acc), (spec.weights, "init", res.acc0)):
+        shared = committed_accuracy(spec.dataset, "val", spec.model, weights, root, "tiny", state)
+        assert shared is not None and shared.acc == pytest.approx(100 * acc)
+        computed = run_accuracy(spec.dataset, "val", spec.model, weights, fresh, "tiny", state)
+        assert not computed.skipped
+        assert (computed.correct, computed.rows, computed.corrupt) == (
+            shared.correct,
+            shared.rows,
+            shared.corrupt,
+        )

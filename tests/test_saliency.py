@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -161,3 +162,69 @@ def test_a_fooling_trial_measures_fsr_for_every_tested_interpreter(tiny, ray_loc
         64 if job.config["kind"] != "active" else 2 * 4
     )  # 16 x 4 val images; 4 held-out collages x 2
     assert runner.stored(job, root).final == out.final  # committed: a relaunch measures nothing again
+    assert runner.stored(job, root).costs == {}  # and costs nothing
+    parts = ("train_s", "eval_s", "tables_s", "metrics_s", "other_s")
+    assert all(out.costs[k] >= 0 for k in parts) and out.costs["train_s"] > 0 and out.costs["eval_s"] > 0
+    assert (
+        out.costs["metrics_s"] > 0
+        and sum(v for k, v in out.costs.items() if k != "wall_s") <= out.costs["wall_s"] + 1e-9
+    )
+
+
+def test_a_trials_cost_parts_sum_to_its_wall_and_reach_its_final_metrics(tiny, monkeypatch):
+    """The runner times its jobs (faked here: no Ray) and the orchestrator logs the parts as final metrics."""
+    from types import SimpleNamespace
+
+    import jobs.runners
+    import jobs.saliency_eval
+    from jobs.attack import AttackResult
+    from jobs.runners import runner_for
+    from jobs.saliency_eval import SaliencyEvalResult
+    from orchestrator.trial import finish_run
+    from shared import store, timing
+
+    root = str(tiny["root"] / "costs")
+    table = store.join(root, "t.parquet")
+    store.write_bytes(table, b"t")
+
+    def attack(spec, store_uri, **kw):
+        with timing.part("train"):
+            sum(range(10_000))
+            with timing.part("eval"):
+                sum(range(10_000))
+        history = [{"step": 4, "alpha": 0.1, "acc": 0.5, "acc_drop": 0.0}]
+        return AttackResult(
+            store.join(root, "model.pt"), "k", history, 0.5, 0.5, 4, False, False, None, 0.0, 4
+        )
+
+    def measure(spec, store_uri):
+        acc = {"acc": 0.5, "acc_init": 0.5, "acc_top5": 1.0, "acc_top5_init": 1.0}
+        return SaliencyEvalResult(root, {"location": {"gradcam": 0.25}}, acc, table, None, False, 0.0)
+
+    monkeypatch.setattr(jobs.runners, "run_attack", attack)
+    monkeypatch.setattr(jobs.saliency_eval, "run_saliency_eval", measure)
+    job = _job(tiny, {"name": "fool-location", "lambda": 1.0, "picture_images": 2})
+    out = runner_for(job.attack).run(job, root)
+    keys = {"train_s", "eval_s", "tables_s", "metrics_s", "other_s", "wall_s"}
+    assert set(out.costs) >= keys and not any(k.endswith("_s") for k in out.final)  # costs are not results
+    assert sum(v for k, v in out.costs.items() if k != "wall_s") <= out.costs["wall_s"] + 1e-9
+    assert out.costs["train_s"] > 0 and out.costs["eval_s"] > 0 and out.costs["tables_s"] == 0.0
+
+    logged: dict = {}
+    run = SimpleNamespace(
+        log_artifact=lambda path: None,
+        log_final=logged.update,
+        set_tags=lambda tags: None,
+        finish=lambda s: None,
+    )
+    plan = SimpleNamespace(attack_key="k", params={"model": "vgg_mini"})
+    with timing.active(timing.PartTimer()) as timer:  # a Tune trial's timer, as orchestrator.trial starts it
+        with timing.part("train"):
+            sum(range(10_000))
+        costs = finish_run(run, plan, out)
+    assert set(logged) >= keys | {"log_s", "fsr"} and costs == {k: logged[k] for k in costs}
+    assert sum(v for k, v in costs.items() if k != "wall_s") <= costs["wall_s"] + 1e-9
+    assert timer.totals()["log"] > 0
+    logged.clear()
+    finish_run(run, plan, dataclasses.replace(out, costs={}))  # an outcome read from the store: no costs
+    assert not any(k.endswith("_s") for k in logged) and "fsr" in logged

@@ -297,7 +297,7 @@ def accuracy(
     correct = 0
     try:
         for i in range(0, len(pixels), batch_size):
-            with autocast if autocast is not None else contextlib.nullcontext():
+            with torch.no_grad(), autocast if autocast is not None else contextlib.nullcontext():
                 logits = model(pixels[i : i + batch_size])
             correct += int((logits.argmax(dim=1) == labels[i : i + batch_size]).sum())
     finally:
