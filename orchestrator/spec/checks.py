@@ -1,7 +1,8 @@
-"""What this machine decides about a spec: paths exist, resources are possible (``vizsweep validate``).
+"""What this machine decides about a spec: paths exist, sizes fit, checkpoints load, servers answer.
 
 These run on whatever sections parsed, so a bad section does not hide the others' problems.
-torch is imported only by the resource check that asks it for the GPU count.
+A checkpoint is opened with ``torch.load(weights_only=True)`` and compared with the model built on
+the meta device (``shared.models.fit``); an http(s) tracking server gets one short probe.
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ from orchestrator.spec.schema import (
     MetricsSettings,
     ResourcesSpec,
     attack_problems,
+    size_problems,
 )
+from orchestrator.spec.tracking_uri import tracking_reach_problem
 from shared import store
+from shared.dataset_meta import split_size
 from shared.datasets import DatasetError, list_shards
+from shared.models.fit import checkpoint_problem
 
 
 def environment_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -26,15 +31,23 @@ def environment_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     ds, models, metrics, res = v.get("dataset"), v.get("models"), v.get("metrics"), v.get("resources")
     if isinstance(ds, DatasetSpec) and ds.synth is None:
-        out += _dataset_problems(ds)
-        classes = _classes(ds.uri)
-        if classes is not None:
-            out += attack_problems(v, classes)
+        problems = _dataset_problems(ds)
+        out += problems
+        facts = dataset_facts(ds) if not problems else {}
+        if facts:
+            out += attack_problems(v, facts) + size_problems(v, facts)
     for i, m in enumerate(models if isinstance(models, tuple) else ()):
-        why = _missing(m.weights) if m is not None and m.weights_kind == "checkpoint" else None
+        if m is None or m.weights_kind != "checkpoint":
+            continue
+        why = _missing(m.weights)
         if why:
             msg = f"{why}; give an existing checkpoint, 'pretrain' or torchvision weights"
             out.append((f"models[{i}].weights", msg))
+        elif (why := checkpoint_problem(m.name, m.weights)) is not None:
+            out.append((f"models[{i}].weights", why))
+    tracking = v.get("tracking_uri")
+    if isinstance(tracking, str) and (why := tracking_reach_problem(tracking)) is not None:
+        out.append(("tracking_uri", why))
     if isinstance(metrics, MetricsSettings) and metrics.embedder.startswith(f"{REFERENCE_EMBEDDER}:"):
         why = _missing(metrics.embedder.partition(":")[2])
         if why:
@@ -45,14 +58,32 @@ def environment_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def _classes(uri: str) -> int | None:
-    """The dataset's class count from its manifest, when it has one."""
+def dataset_facts(ds: DatasetSpec) -> dict[str, Any]:
+    """Class count, split sizes and per-class counts from the dataset's manifest (or Parquet footers)."""
     try:
-        m = store.read_manifest(uri)
+        m = store.read_manifest(ds.uri) or {}
     except (OSError, store.StoreError, ValueError):
-        return None
-    names = (m or {}).get("classes")
-    return len(names) if isinstance(names, list) else names if isinstance(names, int) else None
+        return {}
+    names = m.get("classes")
+    classes = len(names) if isinstance(names, list) else names if isinstance(names, int) else None
+    if classes is None and isinstance(m.get("num_classes"), int):
+        classes = m["num_classes"]
+    sizes: dict[str, int] = {}
+    per_class: dict[str, dict[int, int]] = {}
+    for split in (ds.train_split, ds.val_split):
+        try:
+            n = split_size(ds.uri, split)
+        except (OSError, store.StoreError, ValueError):
+            n = None
+        if n is not None:
+            sizes[split] = n
+        record = (m.get("splits") or {}).get(split)
+        per = record.get("per_class") if isinstance(record, dict) else None
+        if isinstance(per, int) and classes is not None:
+            per_class[split] = dict.fromkeys(range(classes), per)
+        elif isinstance(per, dict):
+            per_class[split] = {int(k): int(n) for k, n in per.items() if str(k).isdigit()}
+    return {"classes": classes, "sizes": sizes, "per_class": per_class}
 
 
 def _missing(uri: str) -> str | None:
