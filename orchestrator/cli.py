@@ -10,6 +10,8 @@ import re
 import sys
 from collections.abc import Sequence
 
+from orchestrator.cli_args import NON_NEGATIVE, POSITIVE, int_in
+
 DEFAULT_STORE = os.environ.get("VIZSWEEP_STORE", "vizsweep-store")
 DESCRIPTION = (
     "Sweeps of adversarial attacks on feature visualizations, with pruning defenses. "
@@ -17,26 +19,6 @@ DESCRIPTION = (
 )
 STORE_HELP = "store URI (path, file:// or s3://)"
 SWEEP_STORE_HELP = "store that holds the sweep (default: $VIZSWEEP_STORE, else ./vizsweep-store)"
-
-
-def _int_in(lo: int, hi: int | None = None):
-    """An argparse type: an integer in [lo, hi]; argparse names the option in its error (exit 2)."""
-    valid = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer ({valid}), got {text[:40]!r}") from None
-        if value < lo or (hi is not None and value > hi):
-            raise argparse.ArgumentTypeError(f"{value} is out of range; valid: {valid}")
-        return value
-
-    parse.__name__ = f"integer {valid}"
-    return parse
-
-
-POSITIVE, NON_NEGATIVE = _int_in(1), _int_in(0)
 
 
 class UsageError(Exception):
@@ -105,7 +87,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--classes", type=POSITIVE, default=16, help="number of classes (>= 16 recommended)")
     s.add_argument("--train-per-class", type=POSITIVE, default=300, help="train images per class")
     s.add_argument("--val-per-class", type=POSITIVE, default=50, help="val images per class")
-    s.add_argument("--size", type=_int_in(16), default=64, help="image side in pixels")
+    s.add_argument("--size", type=int_in(16), default=64, help="image side in pixels")
     s.add_argument(
         "--seed", type=NON_NEGATIVE, default=0, help="random seed (the same seed writes the same bytes)"
     )
@@ -186,7 +168,7 @@ def _add_sweeps(sub: argparse._SubParsersAction) -> None:
     ui.add_argument("--store", default=None, help=SWEEP_STORE_HELP)
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     ui.add_argument(
-        "--port", type=_int_in(0, 65535), default=5000, help="port to listen on (0: any free port)"
+        "--port", type=int_in(0, 65535), default=5000, help="port to listen on (0: any free port)"
     )
 
 

@@ -16,12 +16,10 @@ from orchestrator.spec.schema import (
     DatasetSpec,
     MetricsSettings,
     ResourcesSpec,
-    attack_problems,
-    size_problems,
 )
+from orchestrator.spec.sizes import attack_problems, dataset_facts, size_problems
 from orchestrator.spec.tracking_uri import tracking_reach_problem
 from shared import store
-from shared.dataset_meta import split_size
 from shared.datasets import DatasetError, list_shards
 from shared.models.fit import checkpoint_problem
 
@@ -56,34 +54,6 @@ def environment_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
     if isinstance(res, ResourcesSpec) and v.get("ray_address") is None and not os.environ.get("RAY_ADDRESS"):
         out += _resource_problems(res)
     return out
-
-
-def dataset_facts(ds: DatasetSpec) -> dict[str, Any]:
-    """Class count, split sizes and per-class counts from the dataset's manifest (or Parquet footers)."""
-    try:
-        m = store.read_manifest(ds.uri) or {}
-    except (OSError, store.StoreError, ValueError):
-        return {}
-    names = m.get("classes")
-    classes = len(names) if isinstance(names, list) else names if isinstance(names, int) else None
-    if classes is None and isinstance(m.get("num_classes"), int):
-        classes = m["num_classes"]
-    sizes: dict[str, int] = {}
-    per_class: dict[str, dict[int, int]] = {}
-    for split in (ds.train_split, ds.val_split):
-        try:
-            n = split_size(ds.uri, split)
-        except (OSError, store.StoreError, ValueError):
-            n = None
-        if n is not None:
-            sizes[split] = n
-        record = (m.get("splits") or {}).get(split)
-        per = record.get("per_class") if isinstance(record, dict) else None
-        if isinstance(per, int) and classes is not None:
-            per_class[split] = dict.fromkeys(range(classes), per)
-        elif isinstance(per, dict):
-            per_class[split] = {int(k): int(n) for k, n in per.items() if str(k).isdigit()}
-    return {"classes": classes, "sizes": sizes, "per_class": per_class}
 
 
 def _missing(uri: str) -> str | None:

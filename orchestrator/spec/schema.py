@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from orchestrator.spec.messages import Problems, Repeated, describe, shown
+from orchestrator.spec.sizes import attack_problems, size_problems, synth_facts
 from orchestrator.spec.tracking_uri import tracking_scheme_problem
 from shared import store
 from shared.alpha import AlphaConfig
@@ -386,47 +387,6 @@ def cross_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
             if split not in (ds.train_split, ds.val_split):
                 msg = f"{split!r} is neither dataset.train_split ({ds.train_split!r}) nor dataset.val_split"
                 out.append((f"metrics.splits[{k}]", f"{msg} ({ds.val_split!r})"))
-    return out
-
-
-def synth_facts(synth: SynthSpec) -> dict[str, Any]:
-    """The sizes a synthetic dataset will have, known before it is written (``shared.synth.generate``)."""
-    per = {"train": synth.train_per_class, "val": synth.val_per_class}
-    return {
-        "classes": synth.classes,
-        "sizes": {s: n * synth.classes for s, n in per.items()},
-        "per_class": {s: dict.fromkeys(range(synth.classes), n) for s, n in per.items()},
-    }
-
-
-def size_problems(v: Mapping[str, Any], facts: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Settings that need more images than a split has (``facts``: see :func:`synth_facts`)."""
-    ds, metrics, sizes = v.get("dataset"), v.get("metrics"), facts.get("sizes") or {}
-    out = []
-    if isinstance(ds, DatasetSpec) and isinstance(metrics, MetricsSettings):
-        for split in metrics.splits or (ds.train_split, ds.val_split):
-            n = sizes.get(split)
-            if n is not None and metrics.k > n:
-                msg = f"{metrics.k}: split {split!r} has {n:,} images, fewer than k (top-k sets are drawn from it)"
-                out.append(("metrics.k", f"{msg}; use k <= {n:,}"))
-                break
-    return out
-
-
-def attack_problems(v: Mapping[str, Any], facts: Mapping[str, Any] | int | None) -> list[tuple[str, str]]:
-    """Each attack entry against the rest of the spec, as its family checks it (``spec_problems``).
-
-    ``facts``: the dataset's ``classes``, ``sizes`` and ``per_class`` when known (an int: the class count).
-    """
-    facts = {"classes": facts} if not isinstance(facts, Mapping) else facts
-    parts = {k: v.get(k) if isinstance(v.get(k), tuple) else None for k in ("models", "layers")}
-    parts |= {"dataset": v.get("dataset"), "classes": facts.get("classes")}
-    parts |= {"sizes": facts.get("sizes"), "per_class": facts.get("per_class")}
-    out = []
-    attacks = v.get("attacks")
-    for i, a in enumerate(attacks if isinstance(attacks, tuple) else ()):
-        if a is not None:
-            out += [(f"attacks[{i}].{f}", m) for f, m in family_of(a.name).spec_problems(a, parts)]
     return out
 
 
