@@ -10,6 +10,8 @@ import re
 import sys
 from collections.abc import Sequence
 
+from orchestrator.cli_args import NON_NEGATIVE, POSITIVE, int_in
+
 DEFAULT_STORE = os.environ.get("VIZSWEEP_STORE", "vizsweep-store")
 DESCRIPTION = (
     "Sweeps of adversarial attacks on feature visualizations, with pruning defenses. "
@@ -50,6 +52,17 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
+class _Version(argparse.Action):
+    """``--version``: the version is looked up only when asked (importlib.metadata is slow to import)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[override]
+        print(f"{parser.prog} {package_version()}")
+        parser.exit()
+
+
 def package_version() -> str:
     """The installed distribution's version; a source checkout's pyproject.toml otherwise."""
     from importlib import metadata
@@ -71,11 +84,13 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         "synth", help="write the deterministic synthetic dataset in the three ImageNet layouts"
     )
     s.add_argument("--out", required=True, help="dataset root URI (path, file:// or s3://)")
-    s.add_argument("--classes", type=int, default=16, help="number of classes (>= 16 recommended)")
-    s.add_argument("--train-per-class", type=int, default=300, help="train images per class")
-    s.add_argument("--val-per-class", type=int, default=50, help="val images per class")
-    s.add_argument("--size", type=int, default=64, help="image side in pixels")
-    s.add_argument("--seed", type=int, default=0, help="random seed (the same seed writes the same bytes)")
+    s.add_argument("--classes", type=POSITIVE, default=16, help="number of classes (>= 16 recommended)")
+    s.add_argument("--train-per-class", type=POSITIVE, default=300, help="train images per class")
+    s.add_argument("--val-per-class", type=POSITIVE, default=50, help="val images per class")
+    s.add_argument("--size", type=int_in(16), default=64, help="image side in pixels")
+    s.add_argument(
+        "--seed", type=NON_NEGATIVE, default=0, help="random seed (the same seed writes the same bytes)"
+    )
     i = dsub.add_parser("index", help="build the image_id -> shard/row index of a split")
     i.add_argument("dataset", help="dataset root URI (path, file:// or s3://)")
     i.add_argument("--split", default="val", help="split to index")
@@ -91,16 +106,16 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     im.add_argument("--synsets", default=None,
                     help="the devkit's data/meta.mat: maps ground-truth ILSVRC2012_IDs to wnids "
                          "(default: meta.mat beside --val-labels)")  # fmt: skip
-    im.add_argument("--shard-size", type=int, default=1000, help="images per Parquet shard")
+    im.add_argument("--shard-size", type=POSITIVE, default=1000, help="images per Parquet shard")
 
 
 def _add_jobs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="train a model on a dataset (reused when its key matches)")
     p.add_argument("--data", required=True, help="dataset root URI")
     p.add_argument("--model", default="alexnet_mini", help="registered model name (see README, Models)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the job's own)")
+    p.add_argument("--epochs", type=POSITIVE, default=None, help="training epochs (default: the job's own)")
     p.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="random seed")
 
     a = sub.add_parser("activations", help="activation tables of layers for a split (Ray Data)")
     a.add_argument("--data", required=True, help="dataset root URI")
@@ -110,8 +125,8 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--layers", default="conv5", help="comma-separated layer aliases")
     a.add_argument("--split", default="val", help="split to run over")
     a.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
-    a.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
-    a.add_argument("--k", type=int, default=10, help="also compute top-k sets (0: skip)")
+    a.add_argument("--batch-size", type=POSITIVE, default=256, help="images per forward pass")
+    a.add_argument("--k", type=NON_NEGATIVE, default=10, help="also compute top-k sets (0: skip)")
 
     d = sub.add_parser(
         "demo", help="the quickstart sweep end to end (synthetic data, alexnet_mini, 3 attacks x 2 layers)"
@@ -130,7 +145,9 @@ def _add_sweeps(sub: argparse._SubParsersAction) -> None:
         "launch", help="run a sweep spec (validated first); a second launch reuses all it can"
     )
     la.add_argument("spec", help="sweep spec YAML: path, file:// or s3:// URI (its store: is where it runs)")
-    la.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: by resources)")
+    la.add_argument(
+        "--max-concurrent", type=POSITIVE, default=None, help="trials at once (default: by resources)"
+    )
     st = sub.add_parser("status", help="sweeps in the store (newest first), or one sweep's trials")
     st.add_argument("sweep", nargs="?", help="sweep id (default: list every sweep in the store)")
     st.add_argument("--store", default=None, help=SWEEP_STORE_HELP)
@@ -138,7 +155,7 @@ def _add_sweeps(sub: argparse._SubParsersAction) -> None:
     re_.add_argument("sweep", nargs="?", help="sweep id, as 'vizsweep status' lists it")
     re_.add_argument("--store", default=None, help=SWEEP_STORE_HELP)
     re_.add_argument(
-        "--max-concurrent", type=int, default=None, help="trials at once (default: by resources)"
+        "--max-concurrent", type=POSITIVE, default=None, help="trials at once (default: by resources)"
     )
     rp = sub.add_parser("report", help="the thesis's Table 3.1 for a sweep, from MLflow")
     rp.add_argument("sweep", nargs="?", help="sweep id, as 'vizsweep status' lists it")
@@ -150,7 +167,9 @@ def _add_sweeps(sub: argparse._SubParsersAction) -> None:
     ui.add_argument("sweep", nargs="?", help="sweep id, as 'vizsweep status' lists it")
     ui.add_argument("--store", default=None, help=SWEEP_STORE_HELP)
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    ui.add_argument("--port", type=int, default=5000, help="port to listen on (0: any free port)")
+    ui.add_argument(
+        "--port", type=int_in(0, 65535), default=5000, help="port to listen on (0: any free port)"
+    )
 
 
 def _add_validate(sub: argparse._SubParsersAction) -> None:
@@ -169,9 +188,9 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("spec", help="sweep spec YAML: path, file:// or s3:// URI")
     p.add_argument("--json", action="store_true", help="one JSON object (keys: orchestrator/estimate.py)")
-    p.add_argument("--train-images", type=int, default=None,
+    p.add_argument("--train-images", type=POSITIVE, default=None,
                    help="train split size (default: the dataset's manifest, the synth block, or ImageNet's 1,281,167)")  # fmt: skip
-    p.add_argument("--val-images", type=int, default=None,
+    p.add_argument("--val-images", type=POSITIVE, default=None,
                    help="val split size (default: the dataset's manifest, the synth block, or ImageNet's 50,000)")  # fmt: skip
 
 
@@ -198,7 +217,7 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="vizsweep", description=DESCRIPTION)
-    ap.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    ap.add_argument("--version", action=_Version, help="show the version and exit")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     _add_data(sub)
     _add_jobs(sub)
@@ -368,10 +387,16 @@ def _cmd_activations(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     # A bad spec raises SpecError (a ValueError): main prints its problem list and returns 2.
-    from orchestrator.commands import require_file
+    # Neither pyarrow nor torch is imported before the YAML is read (a syntax error is answered fast).
     from orchestrator.spec import load_spec
+    from shared.uris import local_path
 
-    require_file(args.spec)
+    try:
+        local = local_path(args.spec)
+    except ValueError:
+        local = None  # an unsupported scheme: load_spec says which ones work
+    if local is not None and not os.path.exists(local):
+        raise FileNotFoundError(f"no such file: {args.spec}")
     spec = load_spec(args.spec, check_environment=not args.spec_only)
     scope = " (file checks only)" if args.spec_only else ""
     print(f"ok{scope}: {spec.name}: {spec.trial_count()} trials ({spec.trial_formula()})")

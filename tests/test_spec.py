@@ -341,7 +341,10 @@ def test_an_existing_dataset_and_checkpoint_validate(workdir):
     from shared.synth import generate
 
     generate(str(workdir / "data"), classes=16, train_per_class=1, val_per_class=1, size=16)
-    (workdir / "base.pt").write_bytes(b"existence is all validate checks")
+    from shared.models import model_info, save_checkpoint
+
+    # validate opens the checkpoint safely and matches it to the model (test_bad_inputs.py: bad ones)
+    save_checkpoint(model_info("alexnet_mini").builder(16), "alexnet_mini", str(workdir / "base.pt"))
     spec = load_spec(
         edited({"dataset.uri": "data", "dataset.synth": DROP, "models[0].weights": "base.pt"}),
         check_environment=True,

@@ -1,7 +1,8 @@
-"""What this machine decides about a spec: paths exist, resources are possible (``vizsweep validate``).
+"""What this machine decides about a spec: paths exist, sizes fit, checkpoints load, servers answer.
 
 These run on whatever sections parsed, so a bad section does not hide the others' problems.
-torch is imported only by the resource check that asks it for the GPU count.
+A checkpoint is opened with ``torch.load(weights_only=True)`` and compared with the model built on
+the meta device (``shared.models.fit``); an http(s) tracking server gets one short probe.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from orchestrator.spec.schema import (
     DatasetSpec,
     MetricsSettings,
     ResourcesSpec,
-    attack_problems,
 )
+from orchestrator.spec.sizes import attack_problems, dataset_facts, size_problems
+from orchestrator.spec.tracking_uri import tracking_reach_problem
 from shared import store
 from shared.datasets import DatasetError, list_shards
+from shared.models.fit import checkpoint_problem
 
 
 def environment_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -26,15 +29,23 @@ def environment_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     ds, models, metrics, res = v.get("dataset"), v.get("models"), v.get("metrics"), v.get("resources")
     if isinstance(ds, DatasetSpec) and ds.synth is None:
-        out += _dataset_problems(ds)
-        classes = _classes(ds.uri)
-        if classes is not None:
-            out += attack_problems(v, classes)
+        problems = _dataset_problems(ds)
+        out += problems
+        facts = dataset_facts(ds) if not problems else {}
+        if facts:
+            out += attack_problems(v, facts) + size_problems(v, facts)
     for i, m in enumerate(models if isinstance(models, tuple) else ()):
-        why = _missing(m.weights) if m is not None and m.weights_kind == "checkpoint" else None
+        if m is None or m.weights_kind != "checkpoint":
+            continue
+        why = _missing(m.weights)
         if why:
             msg = f"{why}; give an existing checkpoint, 'pretrain' or torchvision weights"
             out.append((f"models[{i}].weights", msg))
+        elif (why := checkpoint_problem(m.name, m.weights)) is not None:
+            out.append((f"models[{i}].weights", why))
+    tracking = v.get("tracking_uri")
+    if isinstance(tracking, str) and (why := tracking_reach_problem(tracking)) is not None:
+        out.append(("tracking_uri", why))
     if isinstance(metrics, MetricsSettings) and metrics.embedder.startswith(f"{REFERENCE_EMBEDDER}:"):
         why = _missing(metrics.embedder.partition(":")[2])
         if why:
@@ -43,16 +54,6 @@ def environment_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
     if isinstance(res, ResourcesSpec) and v.get("ray_address") is None and not os.environ.get("RAY_ADDRESS"):
         out += _resource_problems(res)
     return out
-
-
-def _classes(uri: str) -> int | None:
-    """The dataset's class count from its manifest, when it has one."""
-    try:
-        m = store.read_manifest(uri)
-    except (OSError, store.StoreError, ValueError):
-        return None
-    names = (m or {}).get("classes")
-    return len(names) if isinstance(names, list) else names if isinstance(names, int) else None
 
 
 def _missing(uri: str) -> str | None:

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any, get_args, get_origin
 
-MAX_SHOWN = 60  # characters of a value echoed in a message (a 1 MB value is not echoed back)
+MAX_SHOWN = 200  # characters of a value echoed in a message (a 1 MB value is not echoed back)
 _WORDS = {
     "int_type": "an integer",
     "float_type": "a number",
@@ -55,11 +55,49 @@ def describe(raw: Any) -> str:
         return "true" if raw else "false"
     if raw is None:
         return "null"
-    return {list: "a list", tuple: "a list", dict: "a mapping"}.get(type(raw), cut(repr(raw)))
+    return {list: "a list", tuple: "a list", dict: "a mapping"}.get(type(raw), shown(raw))
 
 
 def cut(text: str) -> str:
-    return text if len(text) <= MAX_SHOWN else f"{text[:MAX_SHOWN]}… ({len(text):,} characters)"
+    """``text``, or its first :data:`MAX_SHOWN` characters and its length."""
+    return text if len(text) <= MAX_SHOWN else f"{text[:MAX_SHOWN]}… ({len(text):,} chars)"
+
+
+def long_strings(data: Any, limit: int = MAX_SHOWN) -> list[str]:
+    """Every string (key or value) in a parsed document longer than ``limit``, longest first."""
+    found: set[str] = set()
+    stack = [data]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str) and len(x) > limit:
+            found.add(x)
+        elif isinstance(x, dict):
+            stack.extend(k for k in x if isinstance(k, str))
+            stack.extend(x.values())
+        elif isinstance(x, list | tuple):
+            stack.extend(x)
+    return sorted(found, key=len, reverse=True)
+
+
+def shorten(message: str, long: Sequence[str]) -> str:
+    """``message`` with each long value echoed once, cut (a second echo becomes '…'); capped in length."""
+    for s in long:
+        for form in (s, repr(s)[1:-1]):
+            message = message.replace(form, cut(form))
+            echoes = list(re.finditer(re.escape(form[:MAX_SHOWN]) + r"(… \([\d,]+ chars\))?", message))
+            for m in reversed(echoes[1:]):  # the first echo stays; later ones point back to it
+                message = message[: m.start()] + "…" + message[m.end() :]
+    return message if len(message) <= 8 * MAX_SHOWN else cut_long(message)
+
+
+def cut_long(message: str) -> str:
+    """A message still too long (a value not found verbatim): its head and its length."""
+    return f"{message[: 8 * MAX_SHOWN]}… ({len(message):,} chars)"
+
+
+def shown(raw: Any) -> str:
+    """``repr`` of a value, a long string cut to its head and its length (the value's, not the repr's)."""
+    return repr(cut(raw)) if isinstance(raw, str) else cut(repr(raw))
 
 
 def did_you_mean(value: Any, valid: Sequence[str]) -> str:
@@ -191,7 +229,7 @@ class Messages:
             keys = ", ".join(fields_of(tp)) if fields_of(tp) else "keys"
             return f"expected a mapping ({keys}), got {describe(raw)}"
         if kind in _LIMITS:
-            return f"must be {_LIMITS[kind]} {ctx.get(_CTX[kind])}, got {cut(repr(raw))}"
+            return f"must be {_LIMITS[kind]} {ctx.get(_CTX[kind])}, got {shown(raw)}"
         if kind == "finite_number":
             return f"expected a finite number, got {describe(raw)}"
         if kind == "too_short":
@@ -199,10 +237,10 @@ class Messages:
         if kind == "string_too_short":
             return "expected a non-empty string, got ''"
         if kind == "string_pattern_mismatch":
-            return f"{cut(repr(raw))}: use only letters, digits, '_', '.' and '-'"
+            return f"{shown(raw)} does not match the pattern {ctx.get('pattern')}"
         if kind == "literal_error":
             valid = re.findall(r"'((?:[^'\\]|\\.)*)'", str(ctx.get("expected", "")))
-            return f"{cut(repr(raw))} is not one of: {', '.join(valid)}{did_you_mean(raw, valid)}"
+            return f"{shown(raw)} is not one of: {', '.join(valid)}{did_you_mean(raw, valid)}"
         return None
 
     def raised(self, path: str, err: BaseException) -> list[tuple[str, str]]:

@@ -24,7 +24,7 @@ from typing import Annotated, Any, get_args, get_origin
 import yaml
 
 import orchestrator.spec.messages as msgs
-from shared import store
+from shared.uris import local_path
 
 MAX_BYTES = 5_000_000  # a sweep spec is a few KB
 MAX_NODES = 100_000  # YAML nodes after alias expansion (the paper's largest spec has ~600)
@@ -84,7 +84,8 @@ def load_spec(source: str | os.PathLike | Mapping[str, Any], *, check_environmen
     if check_environment:
         _extend(problems, checks.environment_problems(parts))
     if problems:
-        raise SpecError(label, [_where(p, m, lines) for p, m in problems])
+        long = msgs.long_strings(data)  # a 1 MB value is echoed once, cut to its head and length
+        raise SpecError(label, [msgs.shorten(_where(p, m, lines), long) for p, m in problems])
     return spec
 
 
@@ -121,13 +122,15 @@ def read(source: str | os.PathLike | Mapping[str, Any]) -> tuple[str, Any, yaml.
         return "<dict>", dict(source), None
     label = os.fspath(source)
     try:
-        raw = store.read_bytes(label)
+        raw = _read_bytes(label)
         if len(raw) > MAX_BYTES:
             raise SpecError(
                 label, [f"the file has {len(raw):,} bytes; a sweep spec has at most {MAX_BYTES:,}"]
             )
         text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError, store.StoreError) as e:
+    except SpecError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, RuntimeError) as e:  # RuntimeError: shared.store's
         raise SpecError(label, [f"cannot read the spec: {e}"]) from None
     loader = _Loader(text)
     try:
@@ -151,6 +154,20 @@ def read(source: str | os.PathLike | Mapping[str, Any]) -> tuple[str, Any, yaml.
         msg = "the file is empty; a sweep spec needs at least name, dataset, models, layers and attacks"
         raise SpecError(label, [f"{msg} (see examples/quickstart.yaml)"])
     return label, data, node
+
+
+def _read_bytes(label: str) -> bytes:
+    """A local file directly (pyarrow is not imported for it: a syntax error is answered fast), S3 via the store."""
+    path = local_path(label)
+    if path is None:
+        from shared import store
+
+        return store.read_bytes(label)
+    size = os.path.getsize(path)
+    if size > MAX_BYTES:
+        raise SpecError(label, [f"the file has {size:,} bytes; a sweep spec has at most {MAX_BYTES:,}"])
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _children(n: yaml.Node) -> list[yaml.Node]:

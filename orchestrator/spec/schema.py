@@ -27,19 +27,25 @@ from pydantic import (
     model_validator,
 )
 
-from orchestrator.spec.messages import Problems, Repeated, describe
+from orchestrator.spec.messages import Problems, Repeated, describe, shown
+from orchestrator.spec.sizes import attack_problems, size_problems, synth_facts
+from orchestrator.spec.tracking_uri import tracking_scheme_problem
 from shared import store
 from shared.alpha import AlphaConfig
 from shared.attacks import AttackConfig, ConfigProblem, config_models, family_of
+from shared.attacks.family import MAX_IMAGES
 from shared.embedders import parse_spec
 from shared.models.zoo import _WEIGHTS_NAME, LayerError, ModelInfo, model_info, model_names
 from shared.registry import RegistryError
 from shared.synth import class_names
+from shared.uris import uri_problem
 
 PRUNING_METHODS = ("none", "norm", "group", "vulnerability")  # SCIENCE.md §4
 PRETRAIN = "pretrain"  # weights: train the model with the project's pretrain job
 REFERENCE_EMBEDDER = "reference"  # embedder: the offline reference encoder the launcher trains
-NAME_PATTERN = r"[A-Za-z0-9_.-]+"  # MLflow experiment names and sweep ids stay safe in paths and URLs
+# MLflow experiment names and sweep ids stay safe in paths and URLs (and never climb a folder: no "..")
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+_NAME = re.compile(rf"^{NAME_PATTERN}$")
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 AttackEntry = AttackConfig  # the type of one attacks[i] entry: a family's config (see _FamilyUnion)
 
@@ -50,6 +56,9 @@ def _number(v: Any) -> Any:
 
 
 def _uri(v: str) -> str:
+    problem = uri_problem(v)
+    if problem:
+        raise ValueError(problem)
     try:
         return store.normalize(v)
     except store.StoreError as e:
@@ -204,7 +213,7 @@ class TrainingSpec(_Section):
     epochs: int = Field(2, ge=1)  # passes over the train split
     max_steps: int | None = Field(None, ge=1)  # stop after this many steps (null: epochs x steps per epoch)
     evals_per_epoch: int = Field(10, ge=1)  # evaluation intervals per epoch (α update, checkpoint)
-    eval_images: int = Field(2000, ge=1)  # held-out images that measure the accuracy drop
+    eval_images: int = Field(2000, ge=1, le=MAX_IMAGES)  # held-out images that measure the accuracy drop
     amp: bool = False  # bf16 autocast
 
 
@@ -217,8 +226,8 @@ class MetricsSettings(_Section):
     embedder: Text = (
         REFERENCE_EMBEDDER  # reference (offline encoder) | open_clip:ViT-B-32:openai | reference:<ckpt>
     )
-    k: int = Field(10, ge=1)  # size of the top-k sets compared before/after
-    tau_images: int = Field(10_000, ge=1)  # |D_τ| for Kendall-τ
+    k: int = Field(10, ge=1, le=MAX_IMAGES)  # size of the top-k sets compared before/after
+    tau_images: int = Field(10_000, ge=1, le=MAX_IMAGES)  # |D_τ| for Kendall-τ
     splits: Splits | None = None  # reported splits; null: the dataset's two splits
     picture_units: int = Field(4, ge=0)  # units in the before/after picture (0: none)
 
@@ -252,7 +261,9 @@ class SweepSpec(_Section):
 
     model_config = ConfigDict(title="vizsweep sweep spec")
 
-    name: str = Field(pattern=rf"^{NAME_PATTERN}$", description="e.g. name: quickstart")  # MLflow experiment
+    name: str = Field(  # MLflow experiment
+        description="e.g. name: quickstart", json_schema_extra={"pattern": f"^{NAME_PATTERN}$"}
+    )
     store: Uri = Field("./vizsweep-store", validate_default=True)  # local path, file:// or s3://bucket/prefix
     tracking_uri: Text | None = None  # MLflow; null: see default_tracking_uri
     dataset: DatasetSpec = Field(description="e.g. dataset: {uri: ./data, synth: {}}")
@@ -276,6 +287,25 @@ class SweepSpec(_Section):
     plugins: tuple[
         Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")], ...
     ] = ()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v) or ".." in v:
+            raise ValueError(
+                f"{shown(v)} is not a safe sweep name: it must match ^{NAME_PATTERN}$ and hold no '..' "
+                "(use only letters, digits, '_', '.' and '-', at most 64, starting with a letter or digit; "
+                "e.g. name: quickstart)"
+            )
+        return v
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking(cls, v: str | None) -> str | None:
+        problem = None if v is None else tracking_scheme_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @model_validator(mode="after")
     def _complete(self) -> SweepSpec:
@@ -350,26 +380,13 @@ def cross_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
                     model_info(m.name).resolve_layer(layer)
                 except LayerError as e:
                     out.append((f"layers[{j}]", f"{e} (models[{i}]; each layer must exist in every model)"))
-    out += attack_problems(
-        v, ds.synth.classes if isinstance(ds, DatasetSpec) and ds.synth is not None else None
-    )
+    facts = synth_facts(ds.synth) if isinstance(ds, DatasetSpec) and ds.synth is not None else {}
+    out += attack_problems(v, facts) + size_problems(v, facts)
     if isinstance(ds, DatasetSpec) and isinstance(metrics, MetricsSettings) and metrics.splits:
         for k, split in enumerate(metrics.splits):
             if split not in (ds.train_split, ds.val_split):
                 msg = f"{split!r} is neither dataset.train_split ({ds.train_split!r}) nor dataset.val_split"
                 out.append((f"metrics.splits[{k}]", f"{msg} ({ds.val_split!r})"))
-    return out
-
-
-def attack_problems(v: Mapping[str, Any], classes: int | None) -> list[tuple[str, str]]:
-    """Each attack entry against the rest of the spec, as its family checks it (``spec_problems``)."""
-    parts = {k: v.get(k) if isinstance(v.get(k), tuple) else None for k in ("models", "layers")}
-    parts |= {"dataset": v.get("dataset"), "classes": classes}
-    out = []
-    attacks = v.get("attacks")
-    for i, a in enumerate(attacks if isinstance(attacks, tuple) else ()):
-        if a is not None:
-            out += [(f"attacks[{i}].{f}", m) for f, m in family_of(a.name).spec_problems(a, parts)]
     return out
 
 
@@ -413,6 +430,9 @@ def _weights_problem(info: ModelInfo, weights: str) -> str | None:
             members = ", ".join(info.weights_enum.__members__)
             return f"unknown torchvision weights {weights!r} for {info.name!r}; valid: {members}, or {checkpoint}"
     if kind == "checkpoint":
+        problem = uri_problem(weights)
+        if problem:
+            return problem
         try:
             store.normalize(weights)
         except store.StoreError as e:

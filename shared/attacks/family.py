@@ -27,6 +27,9 @@ from pydantic import BaseModel, ConfigDict
 
 from shared.registry import Registry
 
+# An image count above this is a typo (1e9), not a sweep: ImageNet's train split has 1.28 M images.
+MAX_IMAGES = 10_000_000
+
 
 class AttackConfig(BaseModel):
     """Base of every family's ``attacks[i]`` model: frozen, unknown keys fatal."""

@@ -15,7 +15,8 @@ from pydantic import Field, field_validator, model_validator
 
 from shared.attacks import builtin as _builtin  # noqa: F401  (registers the attack classes)
 from shared.attacks.base import get_attack
-from shared.attacks.family import AttackConfig, AttackFamily, ConfigProblem, register_family
+from shared.attacks.checks import empty_class_problems, unit_problems
+from shared.attacks.family import MAX_IMAGES, AttackConfig, AttackFamily, ConfigProblem, register_family
 
 Scope = Literal["layer", "unit", "layers"]
 
@@ -26,10 +27,14 @@ class FeatureVizAttack(AttackConfig):
     name: Literal["finetune", "push-down", "push-up", "push-up-pairwise"]
     scope: Scope = "layer"  # layer: one trial per layer | unit: the listed units | layers: all at once
     units: tuple[int, ...] | None = None  # unit indices (scope: unit)
-    k: int = Field(10, ge=1)  # D_attack: the initial top-k images of each unit; s_j averages over them
+    k: int = Field(
+        10, ge=1, le=MAX_IMAGES
+    )  # D_attack: the initial top-k images of each unit; s_j averages over them
     scale: Literal["unit", "none"] = "unit"  # "unit": L_A divided by s_j; "none": the thesis's raw loss
     decoy_class: int = Field(1, ge=0)  # push-up: label of the decoy class (ImageNet: goldfish)
-    decoy_images: int = Field(100, ge=1)  # push-up: |D_decoy|, random train images of that class
+    decoy_images: int = Field(
+        100, ge=1, le=MAX_IMAGES
+    )  # push-up: |D_decoy|, random train images of that class
     attack_batch_size: int | None = Field(64, ge=1)  # push-down: D_attack images per step (null: all)
     decoy_batch_size: int | None = Field(32, ge=1)  # push-up-pairwise: D_decoy images per step (null: all)
 
@@ -112,7 +117,14 @@ class FeatureViz(AttackFamily):
         uses = getattr(get_attack(entry.name), "uses", ())
         if "decoy" in uses and classes is not None and entry.decoy_class >= classes:
             out.append(("decoy_class", f"{entry.decoy_class}: the dataset has classes 0..{classes - 1}"))
-        return out
+        elif "decoy" in uses:
+            out += [("decoy_class", m) for m in empty_class_problems(parts, (entry.decoy_class,))]
+        ds, sizes = parts.get("dataset"), parts.get("sizes") or {}
+        train = getattr(ds, "train_split", "train")
+        if sizes.get(train) is not None and entry.k > sizes[train]:
+            msg = f"{entry.k}: the train split {train!r} has {sizes[train]:,} images, fewer than k"
+            out.append(("k", f"{msg} (each unit's top-k images come from it); use k <= {sizes[train]:,}"))
+        return out + unit_problems(entry.units, parts)
 
     @classmethod
     def describe(cls, entry: FeatureVizAttack) -> str:

@@ -17,7 +17,8 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from shared.attacks.base import Attack, StepBatch, register_attack, sample_rows
-from shared.attacks.family import AttackConfig, AttackFamily, ConfigProblem, register_family
+from shared.attacks.checks import empty_class_problems
+from shared.attacks.family import MAX_IMAGES, AttackConfig, AttackFamily, ConfigProblem, register_family
 from shared.interpreters import get_interpreter, interpreter_names
 from shared.saliency import active_loss, center_mass_loss, location_loss, topk_loss, topk_mask
 
@@ -46,7 +47,9 @@ class SaliencyAttack(AttackConfig):
     layer: str = TARGET  # where maps are read: the model's target layer (§6), or an alias / module path
     classes: tuple[int, int] | None = None  # fool-active: the two classes c1, c2 of the collages
     tested: tuple[str, ...] | None = None  # interpreters whose FSR is measured (null: every registered one)
-    test_images: int = Field(1000, ge=1)  # validation images the FSR is measured on (all when fewer)
+    test_images: int = Field(
+        1000, ge=1, le=MAX_IMAGES
+    )  # validation images the FSR is measured on (all when fewer)
     collages: int = Field(1300, ge=13)  # fool-active: collages made, 11:2 train / held out (Heo: 1,100 / 200)
     collage_batch_size: int = Field(8, ge=1)  # fool-active: collages per step (Heo's batch: 8)
     picture_images: int = Field(4, ge=0)  # validation images in the before/after heatmap picture
@@ -248,6 +251,8 @@ class Saliency(AttackFamily):
         classes = parts.get("classes")
         if entry.classes is not None and classes is not None and max(entry.classes) >= classes:
             out.append(("classes", f"{list(entry.classes)}: the dataset has classes 0..{classes - 1}"))
+        elif entry.classes is not None:
+            out += [("classes", m) for m in empty_class_problems(parts, entry.classes)]
         return out
 
 
