@@ -41,7 +41,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1", **kwargs)
+            # address="local": always a new instance, never the cluster some other process on this
+            # machine left in /tmp/ray/ray_current_cluster (ray.init() would join that one).
+            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1",
+                     **kwargs)  # fmt: skip
     quiet_data_context()
 
 

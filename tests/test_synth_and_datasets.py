@@ -263,7 +263,9 @@ def ray_started():
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        ray.init(
+            address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False
+        )
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = ctx.print_on_execution_start = ctx.enable_auto_log_stats = False
     yield ray
