@@ -25,7 +25,7 @@ demo: install
 	$(VENV)/bin/vizsweep demo
 
 test: install browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=40
 
 # The MLflow compare-page test drives a real headless browser (Debian's chromium).
 browser:
