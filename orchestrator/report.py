@@ -106,8 +106,8 @@ def attacked_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 def _sort_key(row: Mapping[str, Any]) -> tuple:
-    """split (the attacked set first), model, prune method (unpruned first), rate, layer, then attacks in
-    the thesis's order (others after): the first block is the thesis's table, the next its generalization."""
+    """split (the attacked set first), model, prune method (unpruned first), rate, layer, attacks in
+    the thesis's order (others after), then seeds: the first block is the thesis's table, the next its generalization."""
 
     def text(v: Any) -> tuple[bool, str]:
         return (v is None, "" if v is None else str(v))
@@ -117,8 +117,13 @@ def _sort_key(row: Mapping[str, Any]) -> tuple:
     rate = row.get("prune_rate")
     return (
         _split_rank(row.get("split")), text(row.get("model")), _method_rank(row.get("prune_method")),
-        (rate is None, rate or 0.0), text(row.get("layer")), rank, text(attack),
+        (rate is None, rate or 0.0), text(row.get("layer")), rank, text(attack), _seed_rank(row.get("seed")),
     )  # fmt: skip
+
+
+def _seed_rank(seed: Any) -> tuple[bool, float]:
+    value = _float(seed)
+    return (value is None, value or 0.0)
 
 
 def _method_rank(method: Any) -> tuple[int, str]:
