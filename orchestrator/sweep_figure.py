@@ -77,12 +77,22 @@ def _bars(
                 cells.append(len(vals))
         if not xs:
             continue
-        err = [e or 0.0 for e in es] if any(e is not None for e in es) else None
+        err = [float("nan") if e is None else e for e in es] if any(e is not None for e in es) else None
         ax.bar(xs, ys, width * 0.95, yerr=err, capsize=2, label=label, error_kw={"elinewidth": 0.8})
     ax.set_xticks(range(len(groups)), list(groups), rotation=30, ha="right", fontsize=7)
     ax.axhline(0.0, color="black", linewidth=0.5)
     ax.grid(axis="y", alpha=0.3)
     return cells
+
+
+def _legend(fig: Any, axes: Sequence[Any], title: str) -> None:
+    """One legend for all panels, outside them (a series missing from one panel still gets its entry)."""
+    entries: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    fig.legend(list(entries.values()), list(entries), loc="outside right upper", fontsize=6, title=title,
+               title_fontsize=6)  # fmt: skip
 
 
 def _variant(row: Mapping[str, Any]) -> str:
@@ -113,7 +123,7 @@ def standard_figures(rows: Sequence[Mapping[str, Any]], sweep_id: str) -> dict[s
             series = [(name, _only(keep, key)) for name, keep in keeps]
             cells += _bars(ax, mine, _attack, attacks, series)
             ax.set_title(label, fontsize=9)
-        axes[-1].legend(fontsize=6, title="model, layer", title_fontsize=6, loc="best")
+        _legend(fig, axes, "model, layer")
         where = "attacked set" if split == "train" else f"{split} split" if split else "attacked set"
         fig.suptitle(f"Sweep {sweep_id}: Table 3.1 metrics per attack and layer ({where}; {_seeds_note(cells)})",
                      fontsize=9)  # fmt: skip
@@ -160,7 +170,9 @@ def fsr_figures(rows: Sequence[Mapping[str, Any]], sweep_id: str) -> dict[str, A
         per_tested = [(n, lambda r, n=n: r["fsr"].get(n)) for n in tested]  # a series per tested interpreter
         cells = _bars(ax_f, mine, _fooling, foolings, per_tested, 100.0)
         ax_f.set_title("fooling success rate (%) per tested interpreter", fontsize=9)
-        ax_f.legend(fontsize=6, title="interpreter tested", title_fontsize=6)
+        ax_f.legend(
+            fontsize=6, title="interpreter tested", title_fontsize=6, loc="upper left", bbox_to_anchor=(1, 1)
+        )
         variants = [
             (v, _only(lambda r, v=v: _variant(r) == v, "delta_acc"))
             for v in sorted({_variant(r) for r in mine})
