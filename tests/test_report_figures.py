@@ -130,9 +130,7 @@ def test_fsr_families_get_their_own_figure():
     assert list(figs) == ["sweep_fsr_saliency"]
     fsr = figs["sweep_fsr_saliency"].axes[0]
     assert [c.get_label() for c in _bars(fsr)] == ["grad", "ig"]
-    assert [p.get_height() for p in _bars(fsr)[0].patches] == pytest.approx(
-        [70.0, 50.0]
-    )  # %, mean of seeds
+    assert [p.get_height() for p in _bars(fsr)[0].patches] == pytest.approx([70.0, 50.0])  # %, mean of seeds
     assert _bars(fsr)[0].errorbar is not None
 
 
