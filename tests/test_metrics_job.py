@@ -390,3 +390,39 @@ def test_before_after_names_the_attack_marks_the_decoy_and_writes_a_pdf(setup, t
     assert (
         pdf.startswith(b"%PDF") and "push-up on alexnet_mini, layer conv5" in text and "decoy class" in text
     )
+
+
+def _commit_table(folder: str, name: str, table: pa.Table, manifest: dict) -> None:
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    store.write_bytes(store.join(folder, name), buf.getvalue().to_pybytes())
+    store.write_manifest(folder, {**manifest, "files": [name]})
+
+
+def test_redraw_picks_units_by_hand_from_a_committed_folder(setup, tmp_path):
+    """A metrics folder committed by hand (its manifest, unit table and the two top-k tables it names)."""
+    from jobs.before_after import pdf_uri, redraw
+    from tests.pdf_text import pdf_text
+
+    root = str(tmp_path / "store")
+    tables = {st: f"{root}/activations/model=v/layer=conv5/state={st}/split=val" for st in ("init", "final")}
+    for seed, st in enumerate(("init", "final")):
+        _commit_table(
+            topk_uri(tables[st], 10), "topk.parquet", _topk(setup["data"], seed, k=10), {"kind": "topk"}
+        )
+    mdir = f"{root}/metrics/model=v/state=s/layer=conv5/split=val"
+    metrics = pa.table({"unit": list(range(6)), "clip_delta": [0.5] * 6, "kendall_tau": [0.25] * 6})
+    spec = {"dataset": setup["data"], "model": "alexnet_mini", "k": 10, "picture_k": 5, "decoy_class": None,
+            "label": "push-down", "final_state_key": "s"}  # fmt: skip
+    _commit_table(mdir, TABLE, metrics, {"kind": "metrics", "spec": spec, "layer": "conv5", "split": "val",
+                                         "tables": tables})  # fmt: skip
+    out = redraw(mdir, [3, 1], str(tmp_path / "mine.png"))
+    text = pdf_text(store.read_bytes(pdf_uri(out)))
+    assert "push-down on alexnet_mini, layer conv5" in text and "units 3, 1, chosen by hand" in text
+    assert Image.open(io.BytesIO(store.read_bytes(out))).size == Image.open(
+        io.BytesIO(store.read_bytes(render_before_after(setup["data"], "val", _topk(setup["data"], 0, k=10),
+                                                        _topk(setup["data"], 1, k=10), metrics, [0, 2],
+                                                        str(tmp_path / "two.png"))))
+    ).size  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="not a committed metrics folder"):
+        redraw(str(tmp_path / "nowhere"), [0], str(tmp_path / "x.png"))
