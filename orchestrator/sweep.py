@@ -15,6 +15,7 @@ outputs are committed in the store are not scheduled again.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ from orchestrator.plan import needs_tables, plan_trials, stored_result
 from orchestrator.progress import Bar, SweepProgress
 from orchestrator.spec import default_tracking_uri
 from orchestrator.status import sweep_dir, sweep_id_for, write_status
+from orchestrator.sweep_figure import write_sweep_figures
 from orchestrator.tracking import SweepTracker
 from orchestrator.trial import stop_marker
 from shared import store
@@ -123,8 +125,20 @@ def _launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None
         stopped += stopped_now
         progress.close()
     state = "failed" if failed else "done"
+    for path in _figures(spec.store, sid, tracking_uri):
+        say(f"figure: {path}")
     tracker.finish_parent(sid, "FAILED" if failed else "FINISHED")
     reason = f"{len(failed)} trial(s) failed: {', '.join(failed)}" if failed else None
     write_status(sdir, state=state, failed=failed, stopped=stopped, finished=time.time(), reason=reason)
     return SweepResult(sid, tracking_uri, experiment_id, parent, len(plans), len(todo), len(done),
                        failed, stopped, time.time() - t0)  # fmt: skip
+
+
+def _figures(store_uri: str, sid: str, tracking_uri: str) -> list[str]:
+    """The sweep-level figures (orchestrator.sweep_figure); a figure that fails to draw is reported, and
+    the sweep's trials and status stay as they are (the figures are a view of results already logged)."""
+    try:
+        return write_sweep_figures(store_uri, sid, tracking_uri)
+    except Exception as e:  # a drawing error must not fail a finished sweep
+        print(f"sweep {sid}: the sweep figures could not be drawn ({type(e).__name__}: {e})", file=sys.stderr)
+        return []
