@@ -7,8 +7,13 @@ import os
 
 
 def quiet_ray_env() -> None:
-    """Environment that must be set before ``ray.init`` to keep Ray's logs out of the user's terminal."""
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    """Environment that must be set before ``ray.init`` to keep Ray's logs out of the user's terminal.
+
+    ``RAY_BACKEND_LOG_LEVEL`` is left alone on purpose: Ray's C++ core prints ``logging.cc: Set ray
+    log level from environment variable ...`` to the driver's stderr whenever it is set (at any
+    level, ``fatal`` included), while without it the driver's core logs only errors to stderr and
+    the rest to its session's files.
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
