@@ -311,7 +311,9 @@ class SweepTracker:
             return found.experiment_id
         kind = {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND}
         try:
-            return self.client.create_experiment(name, _default_artifact_location(self.tracking_uri), tags=kind)
+            return self.client.create_experiment(
+                name, _default_artifact_location(self.tracking_uri), tags=kind
+            )
         except MlflowException:
             found = self.client.get_experiment_by_name(name)
             if found is None:
