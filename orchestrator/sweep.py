@@ -28,7 +28,7 @@ from orchestrator.phases.variants import make_variants
 from orchestrator.plan import needs_tables, plan_trials, stored_result
 from orchestrator.progress import Bar, SweepProgress
 from orchestrator.spec import default_tracking_uri
-from orchestrator.status import sweep_dir, sweep_id_for, write_status
+from orchestrator.status import read_trial_states, sweep_dir, sweep_id_for, write_status, write_trial_state
 from orchestrator.tracking import SweepTracker
 from orchestrator.trial import stop_marker
 from shared import store
@@ -109,6 +109,7 @@ def _launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None
     done = {p.trial_key for p in plans if stored_result(p, spec.store) is not None}
     stopped_before = [p.run_name for p in plans if store.exists(stop_marker(spec.store, p.attack_key))]
     todo = [p for p in plans if p.trial_key not in done and p.run_name not in stopped_before]
+    _record_states(sdir, plans, done, stopped_before)
     logged = log_stored(plans, done, spec, tracking_uri, experiment_id, parent, sid)
     say(f"sweep {sid}: {len(plans)} trials, {len(done)} already in the store"
         f"{f' ({logged} logged to MLflow now)' if logged else ''}, {len(todo)} to run")  # fmt: skip
@@ -128,3 +129,12 @@ def _launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None
     write_status(sdir, state=state, failed=failed, stopped=stopped, finished=time.time(), reason=reason)
     return SweepResult(sid, tracking_uri, experiment_id, parent, len(plans), len(todo), len(done),
                        failed, stopped, time.time() - t0)  # fmt: skip
+
+
+def _record_states(sdir: str, plans: list, done: set[str], stopped: list[str]) -> None:
+    """Trial states for ``vizsweep status`` of the trials already settled in the store (written once)."""
+    known = read_trial_states(sdir)
+    for p in plans:
+        state = "done" if p.trial_key in done else "stopped" if p.run_name in stopped else None
+        if state and known.get(p.trial_key, {}).get("state") != state:
+            write_trial_state(sdir, p.trial_key, p.run_name, state)
