@@ -100,6 +100,13 @@ def _run(spec, max_concurrent: int | None) -> int:
     )
     if res.failed:
         print(f"failed: {', '.join(res.failed)}; finish them with: vizsweep resume {res.sweep_id}")
+    from orchestrator.status import sweep_dir
+
+    if (
+        store.read_json(store.join(sweep_dir(spec.store, res.sweep_id), "status.json")).get("state")
+        == "stopped"
+    ):
+        print(f"stopped on request (vizsweep stop); continue with: vizsweep resume {res.sweep_id}")
     print(f"compare the runs in MLflow: vizsweep ui {res.sweep_id} --store {_shown_store(spec.store)}")
     return 1 if res.failed else 0
 
@@ -211,6 +218,24 @@ def cmd_status(store_uri: str, sweep_id: str | None) -> int:
         print(f"start again from what is done:  vizsweep resume {sweep_id}")
     elif status.get("state") not in ("done",) and not driver_alive:
         print(f"the driver is gone: continue with  vizsweep resume {sweep_id}")
+    return 0
+
+
+def cmd_stop(store_uri: str, sweep_id: str) -> int:
+    """Ask the sweep's driver to end its trials (each keeps its last checkpoint) and mark it stopped."""
+    from orchestrator.status import request_stop
+
+    d = find_sweep(store_uri, sweep_id)
+    status = store.read_json(store.join(d, "status.json"))
+    pid = status.get("driver_pid") or -1
+    if status.get("state") in ("done", "failed", "stopped") or not _alive(pid):
+        print(f"sweep {sweep_id} is not running (state: {status.get('state')}, driver "
+              f"{'gone' if not _alive(pid) else pid}); nothing to stop")  # fmt: skip
+        return 1
+    request_stop(d)
+    print(f"stop requested: driver {pid} ends the trials of {sweep_id} within seconds (each keeps its last "
+          f"checkpoint); `vizsweep status {sweep_id}` shows 'stopped' once it has; continue later with: "
+          f"vizsweep resume {sweep_id}")  # fmt: skip
     return 0
 
 

@@ -78,3 +78,36 @@ def trial_rows(
             state = "pending"
         rows.append((p["run_name"], state))
     return rows
+
+
+# --------------------------------------------------------------------------- stop requests
+# ``vizsweep stop`` writes ``{sweep}/stop.json``; the driver's Tune stopper polls it, ends the
+# experiment (trials keep their last checkpoint), marks the sweep ``stopped`` and acknowledges the
+# request in the same file. The next launch or resume of the sweep removes it.
+
+STOP_FILE = "stop.json"
+
+
+def stop_uri(sdir: str) -> str:
+    return store.join(sdir, STOP_FILE)
+
+
+def request_stop(sdir: str) -> None:
+    store.write_json(stop_uri(sdir), {"requested": time.time()})
+
+
+def stop_requested(sdir: str) -> bool:
+    """A stop was asked for and the driver has not acknowledged it yet."""
+    uri = stop_uri(sdir)
+    return store.exists(uri) and "acknowledged" not in store.read_json(uri)
+
+
+def acknowledge_stop(sdir: str) -> None:
+    uri = stop_uri(sdir)
+    old = store.read_json(uri) if store.exists(uri) else {}
+    store.write_json(uri, {**old, "acknowledged": time.time()})
+
+
+def clear_stop(sdir: str) -> None:
+    if store.exists(stop_uri(sdir)):
+        store.delete(stop_uri(sdir))

@@ -28,7 +28,16 @@ from orchestrator.phases.variants import make_variants
 from orchestrator.plan import needs_tables, plan_trials, stored_result
 from orchestrator.progress import Bar, SweepProgress
 from orchestrator.spec import default_tracking_uri
-from orchestrator.status import read_trial_states, sweep_dir, sweep_id_for, write_status, write_trial_state
+from orchestrator.status import (
+    acknowledge_stop,
+    clear_stop,
+    read_trial_states,
+    stop_requested,
+    sweep_dir,
+    sweep_id_for,
+    write_status,
+    write_trial_state,
+)  # fmt: skip
 from orchestrator.tracking import SweepTracker
 from orchestrator.trial import stop_marker
 from shared import store
@@ -72,6 +81,7 @@ def _launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None
     sid = sweep_id_for(spec)
     sdir = sweep_dir(spec.store, sid)
     store.write_json(store.join(sdir, "spec.json"), spec.to_dict())
+    clear_stop(sdir)  # a stop asked of an earlier run of this sweep is done with
     write_status(sdir, sweep_id=sid, name=spec.name, state="preparing", driver_pid=os.getpid(), started=t0,
                  reason=None)  # fmt: skip
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
@@ -115,7 +125,7 @@ def _launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None
         f"{f' ({logged} logged to MLflow now)' if logged else ''}, {len(todo)} to run")  # fmt: skip
     failed: list[str] = []
     stopped: list[str] = list(stopped_before)
-    if todo:
+    if todo and not stop_requested(sdir):
         write_status(sdir, state="attacks")
         progress = SweepProgress(len(plans), len(done), sdir, quiet=quiet)
         failed, stopped_now = run_trials(
@@ -124,8 +134,11 @@ def _launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None
         stopped += stopped_now
         progress.close()
     state = "failed" if failed else "done"
-    tracker.finish_parent(sid, "FAILED" if failed else "FINISHED")
     reason = f"{len(failed)} trial(s) failed: {', '.join(failed)}" if failed else None
+    if stop_requested(sdir):  # `vizsweep stop`: unfinished trials keep their checkpoints
+        state, reason = "stopped", f"stopped by `vizsweep stop`; continue with: vizsweep resume {sid}"
+        acknowledge_stop(sdir)
+    tracker.finish_parent(sid, {"failed": "FAILED", "stopped": "KILLED"}.get(state, "FINISHED"))
     write_status(sdir, state=state, failed=failed, stopped=stopped, finished=time.time(), reason=reason)
     return SweepResult(sid, tracking_uri, experiment_id, parent, len(plans), len(todo), len(done),
                        failed, stopped, time.time() - t0)  # fmt: skip

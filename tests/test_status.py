@@ -45,3 +45,50 @@ def test_trial_state_is_checked_and_the_last_write_wins(tmp_path):
     write_trial_state(sdir, "k1", "trial-1", "running")
     write_trial_state(sdir, "k1", "trial-1", "done")
     assert {k: v["state"] for k, v in read_trial_states(sdir).items()} == {"k1": "done"}
+
+
+# --------------------------------------------------------------------------- vizsweep stop
+
+
+def _running_sweep(tmp_path) -> str:
+    """A store whose sweep's driver is this (live) process."""
+    import os
+
+    from orchestrator.status import write_status
+
+    write_status_store(tmp_path, 6)
+    sdir = sweep_dir(str(tmp_path), SWEEP)
+    write_status(sdir, driver_pid=os.getpid())
+    return sdir
+
+
+def test_stop_writes_a_request_the_driver_sees_and_acknowledges(tmp_path, capsys):
+    import pickle
+
+    from orchestrator.status import acknowledge_stop, clear_stop, stop_requested, stop_uri
+    from orchestrator.tune_callbacks import StopRequest
+    from shared import store
+
+    sdir = _running_sweep(tmp_path)
+    stopper = StopRequest(sdir, poll_s=0.0)
+    assert not stopper.stop_all() and not stop_requested(sdir)
+    assert main(["stop", SWEEP, "--store", str(tmp_path)]) == 0
+    assert f"continue later with: vizsweep resume {SWEEP}" in capsys.readouterr().out
+    assert stop_requested(sdir)
+    assert pickle.loads(pickle.dumps(stopper)).stop_all()  # Tune pickles stoppers into its experiment state
+    assert (
+        stopper.stop_all() and stopper(trial_id="t", result={}) is False
+    )  # the whole experiment, not a trial
+    acknowledge_stop(sdir)  # what the driver does once its trials have ended
+    assert not stop_requested(sdir) and "acknowledged" in store.read_json(stop_uri(sdir))
+    clear_stop(sdir)  # what the next launch or resume does
+    assert not store.exists(stop_uri(sdir))
+
+
+def test_stop_of_a_sweep_that_is_not_running_says_so(tmp_path, capsys):
+    from orchestrator.status import stop_requested
+
+    write_status_store(tmp_path, 6)  # its driver pid is not recorded: gone
+    assert main(["stop", SWEEP, "--store", str(tmp_path)]) == 1
+    assert "is not running (state: attacks, driver gone); nothing to stop" in capsys.readouterr().out
+    assert not stop_requested(sweep_dir(str(tmp_path), SWEEP))
