@@ -24,7 +24,7 @@ from jobs.attack_state import ResumeError, find_checkpoint
 from jobs.runners import TrialOutcome, runner_for
 from orchestrator.alpha_scheduler import BOARD_NAMESPACE, board_name
 from orchestrator.plan import TrialPlan
-from orchestrator.status import checkpoints_uri, sweep_dir, write_trial_state
+from orchestrator.status import checkpoints_uri, stop_requested, sweep_dir, write_trial_state
 from orchestrator.tracking import TrialRun
 from shared import store, timing
 
@@ -68,8 +68,9 @@ def attack_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     try:
         with timing.active(timing.PartTimer()):
             state = _attack_trial(config, ctx)
-    except BaseException as e:  # a Tune stop or kill ends here too: recorded as failed, resumable
-        write_trial_state(sdir, plan["trial_key"], plan["run_name"], "failed", error=type(e).__name__)
+    except BaseException as e:  # an error, or Tune ending the trial; either way resumable
+        state = "started" if stop_requested(sdir) else "failed"  # `vizsweep stop`: not a failure
+        write_trial_state(sdir, plan["trial_key"], plan["run_name"], state, error=type(e).__name__)
         raise
     write_trial_state(sdir, plan["trial_key"], plan["run_name"], state)
 
