@@ -36,7 +36,12 @@ def quiet_data_context() -> None:
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
-    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local one bound to 127.0.0.1."""
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local one bound to 127.0.0.1.
+
+    "Else" is ``address="local"``: a bare ``ray.init()`` joins any cluster someone started on this
+    machine with ``ray start`` (it reads /tmp/ray/ray_current_cluster), another user's included,
+    and then refuses ``num_cpus`` or waits for resources that cluster never frees.
+    """
     quiet_ray_env()
     import ray
 
@@ -46,7 +51,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1", **kwargs)
+            ray.init(
+                address="local", num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1", **kwargs
+            )
     quiet_data_context()
 
 
