@@ -196,9 +196,23 @@ CASES = [
 ]  # fmt: skip
 
 
+RAY_INITS: list = []  # ray.init calls during the current test (a session's own Ray may already run)
+
+
+@pytest.fixture(autouse=True)
+def _count_ray_inits(monkeypatch):
+    """Record every ``ray.init``: other modules' session fixtures may have started Ray before this test,
+    so "Ray not started" means no call here, not ``ray.is_initialized()``."""
+    import ray
+
+    RAY_INITS.clear()
+    monkeypatch.setattr(ray, "init", lambda *a, **k: RAY_INITS.append((a, k)))
+    yield
+    RAY_INITS.clear()
+
+
 def _ray_started() -> bool:
-    ray = sys.modules.get("ray")
-    return ray is not None and ray.is_initialized()
+    return bool(RAY_INITS)
 
 
 @pytest.fixture
