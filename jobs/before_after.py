@@ -1,8 +1,11 @@
-"""Before/after top-k pictures of the metrics stage (thesis Fig. 3.1).
+"""Before/after top-k pictures of the metrics stage (thesis Fig. 3.1), as PNG and vector PDF.
 
 Per unit, a row of its top-n images under θ0 and a row under θ, titled with the unit's
-CLIP-δ and Kendall-τ, captioned with class names. Which units: :func:`pick_units`, the
-attacked units with the highest CLIP-δ (the largest semantic changes, what Fig. 3.1 shows).
+CLIP-δ and Kendall-τ, captioned with the class name and the unit's activation (its score
+``a_j(x) = ‖f_j(x)‖²``, SCIENCE.md §1). Images of push-up's decoy class are framed in red.
+Which units: :func:`pick_units`, the attacked units with the highest CLIP-δ (the largest
+semantic changes, what Fig. 3.1 shows); the picture says so under it. :func:`redraw` draws
+the picture of a committed metrics folder again for units a researcher picks.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from shared import store
+from shared import integrity, store
+
+HIGHEST_CLIP_DELTA = "the {n} attacked unit(s) alive before and after with the highest CLIP-δ"
 
 
 def dataset_classes(dataset: str) -> list[str] | None:
@@ -33,6 +38,24 @@ def pick_units(table: pa.Table, n: int) -> list[int]:
     return [int(units[i]) for i in order[:n]]
 
 
+def pdf_uri(png_uri: str) -> str:
+    """The PDF written beside a picture's PNG."""
+    return (png_uri[: -len(".png")] if png_uri.endswith(".png") else png_uri) + ".pdf"
+
+
+def picture_title(attack: str, model: str, layer: str, split: str, n: int) -> str:
+    return f"{attack} on {model}, layer {layer} ({split} split): top-{n} images before / after the attack"
+
+
+def selection_note(units: Sequence[int], rule: str | None, decoy_class: int | None, decoy_name: str) -> str:
+    """The line under the picture: how the units were chosen, what the numbers and the red frames mean."""
+    chosen = rule or f"units {', '.join(map(str, units))}, chosen by hand"
+    parts = [f"Units shown: {chosen}.", "Under each image: its class and the unit's activation ‖f_j(x)‖²."]
+    if decoy_class is not None:
+        parts.append(f"Red frame: an image of the decoy class {decoy_name} (push-up's target).")
+    return " ".join(parts)
+
+
 def render_before_after(
     dataset: str,
     split: str,
@@ -44,15 +67,42 @@ def render_before_after(
     classes: list[str] | None = None,
     n: int = 5,
     title: str = "",
+    note: str = "",
+    decoy_class: int | None = None,
 ) -> str:
-    """Thesis Fig. 3.1: per unit a row of its top-``n`` images under θ0, one under θ; returns ``out_uri``.
+    """Thesis Fig. 3.1 (:func:`before_after_figure`) written to ``out_uri`` (PNG) and :func:`pdf_uri`
+    (PDF); returns ``out_uri``."""
+    from shared.figures import close, figure_bytes
 
-    The "before" row is titled with the unit's CLIP-δ and Kendall-τ; captions are class names
-    (labels when ``classes`` is None). Images are fetched by id, never by a scan.
-    """
+    fig = before_after_figure(
+        dataset, split, topk_init, topk_final, metrics, units, classes, n, title, note, decoy_class
+    )
+    try:
+        store.write_bytes(out_uri, figure_bytes(fig, "png"))
+        store.write_bytes(pdf_uri(out_uri), figure_bytes(fig, "pdf"))
+    finally:
+        close(fig)
+    return out_uri
+
+
+def before_after_figure(
+    dataset: str,
+    split: str,
+    topk_init: pa.Table,
+    topk_final: pa.Table,
+    metrics: pa.Table,
+    units: Sequence[int],
+    classes: list[str] | None = None,
+    n: int = 5,
+    title: str = "",
+    note: str = "",
+    decoy_class: int | None = None,
+):
+    """Thesis Fig. 3.1 as a matplotlib Figure: per unit a row of its top-``n`` images under θ0, one
+    under θ; decoy-class images framed. Images are fetched by id, never by a scan."""
     from PIL import Image
 
-    from shared.grid import GridRow, render_grid
+    from shared.grid import GridRow, grid_figure
     from shared.image_index import fetch_images
     from shared.topk import topk_sets
 
@@ -65,24 +115,54 @@ def render_before_after(
             f"units {missing} are not in the metrics table (its units: {sorted(row_of)[:10]} ...)"
         )
     before, after = topk_sets(topk_init), topk_sets(topk_final)
-    labels = {
-        **dict(zip(topk_init.column("image_id").to_pylist(), topk_init.column("label").to_pylist())),
-        **dict(zip(topk_final.column("image_id").to_pylist(), topk_final.column("label").to_pylist())),
-    }
-    wanted = [i for u in units for i in (*before[u][:n], *after[u][:n])]
+    labels, scores = {}, {}
+    for state, t in (("init", topk_init), ("final", topk_final)):
+        cols = [t.column(c).to_pylist() for c in ("unit", "image_id", "label", "score")]
+        for u, i, label, s in zip(*cols):
+            labels[i] = label
+            scores[(state, u, i)] = s
+    wanted = list(dict.fromkeys(i for u in units for i in (*before[u][:n], *after[u][:n])))
     images = fetch_images(dataset, split, wanted)
     cd, kt = metrics.column("clip_delta").to_pylist(), metrics.column("kendall_tau").to_pylist()
 
-    def row(name: str, ids: list[str]) -> GridRow:
-        caps = [
-            classes[labels[i]] if classes and 0 <= labels[i] < len(classes) else str(labels[i]) for i in ids
-        ]
-        return GridRow(name, [Image.open(io.BytesIO(images[i])) for i in ids], caps)
+    def name(label: int) -> str:
+        return classes[label] if classes and 0 <= label < len(classes) else str(label)
+
+    def row(head: str, state: str, u: int, ids: list[str]) -> GridRow:
+        caps = [f"{name(labels[i])}\n{scores[(state, u, i)]:.3g}" for i in ids]
+        marked = [decoy_class is not None and labels[i] == decoy_class for i in ids]
+        return GridRow(head, [Image.open(io.BytesIO(images[i])) for i in ids], caps, marked)
 
     rows = []
     for u in units:
         r = row_of[u]
-        rows.append(row(f"unit {u}\nCLIP-δ {cd[r]:.3f}\nKendall-τ {kt[r]:.3f}\nbefore", before[u][:n]))
-        rows.append(row("after", after[u][:n]))
-    store.write_bytes(out_uri, render_grid(rows, title=title, columns=n))
-    return out_uri
+        rows.append(
+            row(f"unit {u}\nCLIP-δ {cd[r]:.3f}\nKendall-τ {kt[r]:.3f}\nbefore", "init", u, before[u][:n])
+        )
+        rows.append(row("after", "final", u, after[u][:n]))
+    return grid_figure(rows, title=title, columns=n, note=note)
+
+
+def redraw(metrics_dir: str, units: Sequence[int], out_uri: str, attack: str | None = None) -> str:
+    """The picture of a committed metrics folder for ``units`` picked by hand, at ``out_uri`` (+ PDF).
+
+    Reads the folder's manifest, unit table and the committed top-k tables; nothing is computed again.
+    """
+    from jobs.topk import read_topk, topk_uri
+
+    m = store.read_manifest(metrics_dir)
+    if m is None or m.get("kind") != "metrics":
+        raise FileNotFoundError(
+            f"{metrics_dir} is not a committed metrics folder (no metrics _MANIFEST.json)"
+        )
+    spec, layer, split = m["spec"], m["layer"], m["split"]
+    table = integrity.read_parquet(metrics_dir, "unit_metrics.parquet", m)
+    topks = [read_topk(topk_uri(m["tables"][st], spec["k"])) for st in ("init", "final")]
+    n = int(spec["picture_k"])
+    classes = dataset_classes(spec["dataset"])
+    decoy = spec.get("decoy_class")
+    label = attack or spec.get("label") or spec["final_state_key"]
+    note = selection_note(units, None, decoy, classes[decoy] if classes and decoy is not None else str(decoy))
+    title = picture_title(label, spec["model"], layer, split, n)
+    return render_before_after(spec["dataset"], split, *topks, table, list(units), out_uri, classes, n, title,
+                               note, decoy)  # fmt: skip

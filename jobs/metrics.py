@@ -35,7 +35,14 @@ import pyarrow.parquet as pq
 
 from jobs.accuracy import run_accuracy
 from jobs.activations import ActivationsSpec, run_activations, table_uri
-from jobs.before_after import dataset_classes, pick_units, render_before_after
+from jobs.before_after import (
+    HIGHEST_CLIP_DELTA,
+    dataset_classes,
+    pick_units,
+    picture_title,
+    render_before_after,
+    selection_note,
+)
 from jobs.metrics_inputs import (
     DECOY_TOP,
     emb_array,
@@ -63,7 +70,8 @@ from shared.progress import Progress, no_progress
 CODE_VERSION = "metrics-v2"  # v2: dead units out of the means, their counts, decoy_top5
 TABLE = "unit_metrics.parquet"
 PICTURE = "before_after.png"
-EXECUTION_ONLY = ("device", "batch_size", "embed_batch_size", "num_actors")
+PICTURE_PDF = "before_after.pdf"  # the same picture as vector PDF (before_after.pdf_uri of PICTURE) (stages committed before it lack it)
+EXECUTION_ONLY = ("device", "batch_size", "embed_batch_size", "num_actors", "label")
 STATES = ("init", "final")
 
 
@@ -93,6 +101,7 @@ class MetricsSpec:
     batch_size: int = field(default=256, compare=False)  # images per forward in activations / accuracy
     embed_batch_size: int = field(default=64, compare=False)  # images per embedder forward
     num_actors: int | None = field(default=None, compare=False)  # forward actors (None: one per GPU/CPU)
+    label: str = field(default="", compare=False)  # the attack as the picture's title names it ("" : the key)
 
     def __post_init__(self) -> None:
         from shared.embedders import parse_spec
@@ -365,10 +374,14 @@ def _commit(spec, ls, out, key, table, accs, topks, classes, record) -> LayerSpl
     alive = alive_units(table)
     shown = pick_units(table.filter(pa.array(alive)), spec.picture_units)  # a dead unit's top-k is arbitrary
     if shown:
-        title = f"{spec.model} {layer}, {split}: top-{spec.picture_k} before / after ({spec.final_state_key})"
+        title = picture_title(spec.label or spec.final_state_key, spec.model, layer, split, spec.picture_k)
+        decoy = spec.decoy_class
+        decoy_name = classes[decoy] if classes and decoy is not None and decoy < len(classes) else str(decoy)
+        note = selection_note(shown, HIGHEST_CLIP_DELTA.format(n=len(shown)), decoy, decoy_name)
         pic = store.join(out, PICTURE)
-        render_before_after(spec.dataset, split, *topks, table, shown, pic, classes, spec.picture_k, title)
-        files.append(PICTURE)
+        render_before_after(spec.dataset, split, *topks, table, shown, pic, classes, spec.picture_k, title,
+                            note, decoy)  # fmt: skip
+        files += [PICTURE, PICTURE_PDF]
     means = layer_means(table)
     acc0, acc1 = accs
     da = delta_acc(init=acc0, final=acc1)

@@ -7,8 +7,13 @@ import os
 
 
 def quiet_ray_env() -> None:
-    """Environment that must be set before ``ray.init`` to keep Ray's logs out of the user's terminal."""
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    """Environment that must be set before ``ray.init`` to keep Ray's logs out of the user's terminal.
+
+    ``RAY_BACKEND_LOG_LEVEL`` is left alone on purpose: Ray's C++ core prints ``logging.cc: Set ray
+    log level from environment variable ...`` to the driver's stderr whenever it is set (at any
+    level, ``fatal`` included), while without it the driver's core logs only errors to stderr and
+    the rest to its session's files.
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -31,7 +36,12 @@ def quiet_data_context() -> None:
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
-    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local one bound to 127.0.0.1."""
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local one bound to 127.0.0.1.
+
+    "Else" is ``address="local"``: a bare ``ray.init()`` joins any cluster someone started on this
+    machine with ``ray start`` (it reads /tmp/ray/ray_current_cluster), another user's included,
+    and then refuses ``num_cpus`` or waits for resources that cluster never frees.
+    """
     quiet_ray_env()
     import ray
 

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from jobs.attack import AlphaSource, Report, model_dir, run_attack
 from jobs.attack_spec import AttackSpec
+from jobs.before_after import pdf_uri
 from jobs.metrics import MetricsResult, MetricsSpec, committed_metrics, run_metrics
 from shared import store, timing
 from shared.attacks import family_of
@@ -141,7 +142,7 @@ class FineTuneRunner(Runner):
             final_weights=store.join(model_dir(store_uri, akey), "model.pt"), final_state_key=akey,
             layers=job.layers, units=job.units, k=e["k"], tau_images=e["tau_images"], tau_seed=job.seed,
             val_split=job.val_split, splits=tuple(e["splits"]), embedder=e["embedder"],
-            picture_units=e["picture_units"], decoy_class=job.config.get("decoy_class"),
+            picture_units=e["picture_units"], decoy_class=job.config.get("decoy_class"), label=job.attack,
         )  # fmt: skip
 
     def attack_key(self, job: TrialJob, dataset_id: str) -> str:
@@ -202,6 +203,8 @@ class FineTuneRunner(Runner):
             tables[f"{layer}/{split}"] = m.uri
             if m.picture_uri is not None:
                 artifacts.append((m.picture_uri, f"{layer}_{split}_before_after.png"))
+                if store.exists(pdf_uri(m.picture_uri)):  # stages committed before the PDF have none
+                    artifacts.append((pdf_uri(m.picture_uri), f"{layer}_{split}_before_after.pdf"))
             artifacts.append((m.table_uri, f"{layer}_{split}_unit_metrics.parquet"))
         return TrialOutcome(akey, model_uri, history, final, artifacts, tables, broken)
 

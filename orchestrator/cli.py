@@ -157,6 +157,11 @@ def _add_sweeps(sub: argparse._SubParsersAction) -> None:
     re_.add_argument(
         "--max-concurrent", type=POSITIVE, default=None, help="trials at once (default: by resources)"
     )
+    sp = sub.add_parser(
+        "stop", help="end a running sweep cleanly: trials keep their checkpoints; 'vizsweep resume' continues"
+    )
+    sp.add_argument("sweep", nargs="?", help="sweep id, as 'vizsweep status' lists it")
+    sp.add_argument("--store", default=None, help=SWEEP_STORE_HELP)
     rp = sub.add_parser("report", help="the thesis's Table 3.1 for a sweep, from MLflow")
     rp.add_argument("sweep", nargs="?", help="sweep id, as 'vizsweep status' lists it")
     rp.add_argument("--store", default=None, help=SWEEP_STORE_HELP)
@@ -267,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 require_file(args.spec)
             return run_sweep_demo(args.spec)
-        if args.cmd in ("launch", "status", "resume", "report", "ui"):
+        if args.cmd in ("launch", "status", "resume", "stop", "report", "ui"):
             return _cmd_sweep(args)
         if args.cmd == "verify":
             from orchestrator.commands import resolve_store
@@ -307,6 +312,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(commands.store_line(store_uri, source), file=sys.stdout if human else sys.stderr)
     if args.cmd == "status":
         return commands.cmd_status(store_uri, args.sweep)
+    if args.cmd == "stop":
+        return commands.cmd_stop(store_uri, args.sweep)
     if args.cmd == "resume":
         return commands.cmd_resume(store_uri, args.sweep, args.max_concurrent)
     if args.cmd == "report":

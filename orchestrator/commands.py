@@ -100,6 +100,13 @@ def _run(spec, max_concurrent: int | None) -> int:
     )
     if res.failed:
         print(f"failed: {', '.join(res.failed)}; finish them with: vizsweep resume {res.sweep_id}")
+    from orchestrator.status import sweep_dir
+
+    if (
+        store.read_json(store.join(sweep_dir(spec.store, res.sweep_id), "status.json")).get("state")
+        == "stopped"
+    ):
+        print(f"stopped on request (vizsweep stop); continue with: vizsweep resume {res.sweep_id}")
     print(f"compare the runs in MLflow: vizsweep ui {res.sweep_id} --store {_shown_store(spec.store)}")
     return 1 if res.failed else 0
 
@@ -161,6 +168,8 @@ def _refuse_if_driver_alive(sweep_dir_uri: str) -> None:
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:  # no pid recorded; os.kill(-1, 0) would ask about every process we may signal
+        return False
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, PermissionError):
@@ -174,8 +183,7 @@ def _alive(pid: int) -> bool:
 
 
 def cmd_status(store_uri: str, sweep_id: str | None) -> int:
-    from orchestrator.plan import TrialPlan, stored_result
-
+    """The store's sweeps, or one sweep's trials; reads JSON files only (no torch, Ray or MLflow)."""
     if sweep_id is None:
         sweeps = list_sweeps(store_uri)
         if not sweeps:
@@ -189,31 +197,45 @@ def cmd_status(store_uri: str, sweep_id: str | None) -> int:
             if s.get("state") == "failed" and s.get("reason"):
                 print(f"  why: {s['reason']}")
         return 0
+    from orchestrator.status import STATES, trial_rows
+
     d = find_sweep(store_uri, sweep_id)
     status = store.read_json(store.join(d, "status.json"))
     plan_uri = store.join(d, "plan.json")
-    plans = [TrialPlan.from_dict(p) for p in store.read_json(plan_uri)] if store.exists(plan_uri) else []
-    from orchestrator.trial import checkpoints_uri
-
-    rows = []
-    for p in plans:
-        if stored_result(p, _store_of(d)) is not None:
-            state = "done"
-        elif store.exists(checkpoints_uri(_store_of(d), p.attack_key)):
-            state = "started"
-        else:
-            state = "pending"
-        rows.append((p.run_name, state))
-    counts = {s: sum(1 for _, x in rows if x == s) for s in ("done", "started", "pending")}
-    print(f"sweep {sweep_id}: {status.get('state')}  ({counts['done']} done, {counts['started']} started, "
-          f"{counts['pending']} pending of {len(rows)})")  # fmt: skip
+    plans = store.read_json(plan_uri) if store.exists(plan_uri) else []  # plain dicts: no plugin imports
+    driver_alive = _alive(status.get("driver_pid") or -1)
+    rows = [
+        (n, "started" if s == "running" and not driver_alive else s)
+        for n, s in trial_rows(d, _store_of(d), plans, status)
+    ]
+    counts = {s: sum(1 for _, x in rows if x == s) for s in STATES}
+    said = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s in ("done", "started", "pending"))
+    print(f"sweep {sweep_id}: {status.get('state')}  ({said} of {len(rows)})")
     for name, state in rows:
         print(f"  {state:<8} {name}")
     if status.get("state") == "failed":
         print(f"failed: {status.get('reason') or 'no reason recorded'}")
         print(f"start again from what is done:  vizsweep resume {sweep_id}")
-    elif status.get("state") not in ("done",) and not _alive(status.get("driver_pid") or -1):
+    elif status.get("state") not in ("done",) and not driver_alive:
         print(f"the driver is gone: continue with  vizsweep resume {sweep_id}")
+    return 0
+
+
+def cmd_stop(store_uri: str, sweep_id: str) -> int:
+    """Ask the sweep's driver to end its trials (each keeps its last checkpoint) and mark it stopped."""
+    from orchestrator.status import request_stop
+
+    d = find_sweep(store_uri, sweep_id)
+    status = store.read_json(store.join(d, "status.json"))
+    pid = status.get("driver_pid") or -1
+    if status.get("state") in ("done", "failed", "stopped") or not _alive(pid):
+        print(f"sweep {sweep_id} is not running (state: {status.get('state')}, driver "
+              f"{'gone' if not _alive(pid) else pid}); nothing to stop")  # fmt: skip
+        return 1
+    request_stop(d)
+    print(f"stop requested: driver {pid} ends the trials of {sweep_id} within seconds (each keeps its last "
+          f"checkpoint); `vizsweep status {sweep_id}` shows 'stopped' once it has; continue later with: "
+          f"vizsweep resume {sweep_id}")  # fmt: skip
     return 0
 
 

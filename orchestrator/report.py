@@ -29,18 +29,30 @@ from shared.pruners import PRUNERS
 PARAM_KEYS = ("model", "prune_method", "prune_rate", "layer", "attack")
 METRIC_KEYS = ("clip_delta", "kendall_tau", "clip_w", "kendall_tau_w", "topk_overlap", "acc", "delta_acc")
 UNIT_KEYS = ("units_dead_init", "units_killed", "decoy_top5")  # §3 dead units; decoy_top5: decoy attacks
-COLUMNS = ("family", *PARAM_KEYS, "split", *METRIC_KEYS, *UNIT_KEYS)
+RUN_KEYS = ("alpha_final", "steps", "run_id")  # α at the end, steps run, the MLflow run (its link in the UI)
+COLUMNS = ("family", *PARAM_KEYS, "seed", "split", *METRIC_KEYS, *UNIT_KEYS, *RUN_KEYS)
 SPLIT_KEYS = (*METRIC_KEYS[:5], *UNIT_KEYS)  # per split; acc and delta_acc are on V, one value per run
 COUNT_KEYS = ("units_dead_init", "units_killed")
 SPLIT_ORDER = ("train", "val")  # the attacked set first
 VARIANT_KEYS = ("weight_pruning_rate", "filter_pruning_rate", "fine_tuned_acc")  # params of a pruned variant
 FORMATS = ("md", "csv", "json")
 
+# The unit of each numeric column (the JSON document's "units"; the Markdown headers say them too).
+# MLflow's per-step ``eval_acc`` is a fraction; the report's ``acc`` is in %, ``delta_acc`` in points.
+UNITS = {
+    "prune_rate": "fraction of weights or filters pruned (vulnerability: filters)", "clip_delta": "1",
+    "kendall_tau": "1", "clip_w": "1", "kendall_tau_w": "1", "topk_overlap": "fraction of k", "acc": "%",
+    "delta_acc": "percentage points", "units_dead_init": "units", "units_killed": "units",
+    "decoy_top5": "fraction of alive attacked units", "alpha_final": "1", "steps": "optimizer steps",
+}  # fmt: skip
+
 # Markdown header -> how a row fills the cell ("Decoy top-5" only when a row has it)
 _MD_HEADER = (
-    "Model", "Prune", "Layer", "Attack", "Split", "CLIP-δ", "Kendall-τ", "CLIP-W", "Kτ-W", "top-k overlap",
-    "Acc", "ΔAcc pp", "Dead", "Killed",
+    "Model", "Prune", "Layer", "Attack", "Seed", "Split", "CLIP-δ", "Kendall-τ", "CLIP-W", "Kτ-W",
+    "top-k overlap", "Acc %", "ΔAcc pp", "Dead", "Killed",
 )  # fmt: skip
+_MD_TAIL = ("α end", "Steps", "MLflow run")
+_MD_TEXT = 6  # the first columns are text (left-aligned), the rest numbers
 
 
 def _float(value: Any) -> float | None:
@@ -69,10 +81,16 @@ def rows_of(run: Run) -> list[dict[str, Any]]:
     for split in _splits(metrics):
         row: dict[str, Any] = {"family": params.get("family"), **{k: params.get(k) for k in PARAM_KEYS}}
         row["prune_rate"] = _float(row["prune_rate"])
+        seed = _float(params.get("seed"))
+        row["seed"] = None if seed is None else int(seed)
         row["split"] = split
         for k in (*METRIC_KEYS, *UNIT_KEYS):
             row[k] = _float(metrics.get(f"{split}.{k}" if split and k in SPLIT_KEYS else k))
         row.update({k: None if row[k] is None else int(row[k]) for k in COUNT_KEYS})
+        row["alpha_final"] = _float(metrics.get("alpha_final"))
+        steps = _float(metrics.get("steps"))
+        row["steps"] = None if steps is None else int(steps)
+        row["run_id"] = run.info.run_id
         if params.get("prune_priority"):  # group pruning's two settings share method and rate
             row["prune_priority"] = params["prune_priority"]
         # for the pruning tables (orchestrator.report_pruning); not columns of the main table
@@ -88,8 +106,8 @@ def attacked_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 def _sort_key(row: Mapping[str, Any]) -> tuple:
-    """split (the attacked set first), model, prune method (unpruned first), rate, layer, then attacks in
-    the thesis's order (others after): the first block is the thesis's table, the next its generalization."""
+    """split (the attacked set first), model, prune method (unpruned first), rate, layer, attacks in
+    the thesis's order (others after), then seeds: the first block is the thesis's table, the next its generalization."""
 
     def text(v: Any) -> tuple[bool, str]:
         return (v is None, "" if v is None else str(v))
@@ -99,8 +117,13 @@ def _sort_key(row: Mapping[str, Any]) -> tuple:
     rate = row.get("prune_rate")
     return (
         _split_rank(row.get("split")), text(row.get("model")), _method_rank(row.get("prune_method")),
-        (rate is None, rate or 0.0), text(row.get("layer")), rank, text(attack),
+        (rate is None, rate or 0.0), text(row.get("layer")), rank, text(attack), _seed_rank(row.get("seed")),
     )  # fmt: skip
+
+
+def _seed_rank(seed: Any) -> tuple[bool, float]:
+    value = _float(seed)
+    return (value is None, value or 0.0)
 
 
 def _method_rank(method: Any) -> tuple[int, str]:
@@ -172,18 +195,21 @@ def _count(v: Any) -> str:
 
 
 def _md_cells(row: Mapping[str, Any], decoy: bool) -> list[str]:
+    alpha = row.get("alpha_final")
     return [
         str(row.get("model") or "—"), _prune(row), str(row.get("layer") or "—"), str(row.get("attack") or "—"),
-        str(row.get("split") or "—"), *(_num(row.get(k)) for k in METRIC_KEYS[:-1]),
+        _count(row.get("seed")), str(row.get("split") or "—"), *(_num(row.get(k)) for k in METRIC_KEYS[:-1]),
         _num(row.get("delta_acc"), signed=True), *(_count(row.get(k)) for k in COUNT_KEYS),
         *([_num(row.get("decoy_top5"))] if decoy else []),
+        "—" if alpha is None or alpha != alpha else f"{alpha:.4g}", _count(row.get("steps")),
+        str(row.get("run_id") or "—"),
     ]  # fmt: skip
 
 
 def render_md(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A Markdown table like the thesis's Table 3.1 (3 decimals, ΔAcc in signed percentage points), with
-    the split, the dead and killed unit counts and, when a row has it, decoy_top5; then each family's
-    own table (e.g. saliency fooling's Heo Table 1)."""
+    """A Markdown table like the thesis's Table 3.1 (3 decimals, Acc in %, ΔAcc in signed percentage
+    points), with the seed, the split, the dead and killed unit counts, when a row has it decoy_top5, then
+    α at the end, the steps run and the MLflow run id; then each family's own table (e.g. Heo Table 1)."""
     own = _own(rows)
     rows = standard_rows(rows)
     parts = [_render_standard(rows)] if rows or not own else []
@@ -195,10 +221,10 @@ def render_md(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def _render_standard(rows: Sequence[Mapping[str, Any]]) -> str:
     decoy = any(r.get("decoy_top5") is not None for r in rows)
-    header = [*_MD_HEADER, *(["Decoy top-5"] if decoy else [])]
+    header = [*_MD_HEADER, *(["Decoy top-5"] if decoy else []), *_MD_TAIL]
     lines = [
         "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] * 5 + ["---:"] * (len(header) - 5)) + "|",
+        "|" + "|".join(["---"] * _MD_TEXT + ["---:"] * (len(header) - _MD_TEXT - 1) + ["---"]) + "|",
     ]
     lines += ["| " + " | ".join(_md_cells(r, decoy)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
@@ -234,7 +260,8 @@ def _flat(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def render_json(rows: Sequence[Mapping[str, Any]], sweep: str | None = None) -> str:
-    """One document, ``{"sweep": id, "rows": [...]}``; missing values (and NaN, not JSON) are null."""
+    """One document, ``{"sweep": id, "units": {column: unit}, "rows": [...]}``; missing values (and NaN,
+    not JSON) are null."""
 
     def clean(v: Any) -> Any:
         return None if isinstance(v, float) and math.isnan(v) else v
@@ -247,6 +274,7 @@ def render_json(rows: Sequence[Mapping[str, Any]], sweep: str | None = None) -> 
 
     doc = {
         "sweep": sweep,
+        "units": UNITS,
         "rows": [{k: clean(r.get(k)) for k in COLUMNS} if "split" in r else own(r) for r in rows],
     }
     return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"

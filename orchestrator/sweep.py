@@ -15,6 +15,7 @@ outputs are committed in the store are not scheduled again.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,17 @@ from orchestrator.phases.variants import make_variants
 from orchestrator.plan import needs_tables, plan_trials, stored_result
 from orchestrator.progress import Bar, SweepProgress
 from orchestrator.spec import default_tracking_uri
-from orchestrator.status import sweep_dir, sweep_id_for, write_status
+from orchestrator.status import (
+    acknowledge_stop,
+    clear_stop,
+    read_trial_states,
+    stop_requested,
+    sweep_dir,
+    sweep_id_for,
+    write_status,
+    write_trial_state,
+)  # fmt: skip
+from orchestrator.sweep_figure import write_sweep_figures
 from orchestrator.tracking import SweepTracker
 from orchestrator.trial import stop_marker
 from shared import store
@@ -72,6 +83,7 @@ def _launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None
     sid = sweep_id_for(spec)
     sdir = sweep_dir(spec.store, sid)
     store.write_json(store.join(sdir, "spec.json"), spec.to_dict())
+    clear_stop(sdir)  # a stop asked of an earlier run of this sweep is done with
     write_status(sdir, sweep_id=sid, name=spec.name, state="preparing", driver_pid=os.getpid(), started=t0,
                  reason=None)  # fmt: skip
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
@@ -109,12 +121,13 @@ def _launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None
     done = {p.trial_key for p in plans if stored_result(p, spec.store) is not None}
     stopped_before = [p.run_name for p in plans if store.exists(stop_marker(spec.store, p.attack_key))]
     todo = [p for p in plans if p.trial_key not in done and p.run_name not in stopped_before]
+    _record_states(sdir, plans, done, stopped_before)
     logged = log_stored(plans, done, spec, tracking_uri, experiment_id, parent, sid)
     say(f"sweep {sid}: {len(plans)} trials, {len(done)} already in the store"
         f"{f' ({logged} logged to MLflow now)' if logged else ''}, {len(todo)} to run")  # fmt: skip
     failed: list[str] = []
     stopped: list[str] = list(stopped_before)
-    if todo:
+    if todo and not stop_requested(sdir):
         write_status(sdir, state="attacks")
         progress = SweepProgress(len(plans), len(done), sdir, quiet=quiet)
         failed, stopped_now = run_trials(
@@ -123,8 +136,32 @@ def _launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None
         stopped += stopped_now
         progress.close()
     state = "failed" if failed else "done"
-    tracker.finish_parent(sid, "FAILED" if failed else "FINISHED")
+    for path in _figures(spec.store, sid, tracking_uri):
+        say(f"figure: {path}")
     reason = f"{len(failed)} trial(s) failed: {', '.join(failed)}" if failed else None
+    if stop_requested(sdir):  # `vizsweep stop`: unfinished trials keep their checkpoints
+        state, reason = "stopped", f"stopped by `vizsweep stop`; continue with: vizsweep resume {sid}"
+        acknowledge_stop(sdir)
+    tracker.finish_parent(sid, {"failed": "FAILED", "stopped": "KILLED"}.get(state, "FINISHED"))
     write_status(sdir, state=state, failed=failed, stopped=stopped, finished=time.time(), reason=reason)
     return SweepResult(sid, tracking_uri, experiment_id, parent, len(plans), len(todo), len(done),
                        failed, stopped, time.time() - t0)  # fmt: skip
+
+
+def _figures(store_uri: str, sid: str, tracking_uri: str) -> list[str]:
+    """The sweep-level figures (orchestrator.sweep_figure); a figure that fails to draw is reported, and
+    the sweep's trials and status stay as they are (the figures are a view of results already logged)."""
+    try:
+        return write_sweep_figures(store_uri, sid, tracking_uri)
+    except Exception as e:  # a drawing error must not fail a finished sweep
+        print(f"sweep {sid}: the sweep figures could not be drawn ({type(e).__name__}: {e})", file=sys.stderr)
+        return []
+
+
+def _record_states(sdir: str, plans: list, done: set[str], stopped: list[str]) -> None:
+    """Trial states for ``vizsweep status`` of the trials already settled in the store (written once)."""
+    known = read_trial_states(sdir)
+    for p in plans:
+        state = "done" if p.trial_key in done else "stopped" if p.run_name in stopped else None
+        if state and known.get(p.trial_key, {}).get("state") != state:
+            write_trial_state(sdir, p.trial_key, p.run_name, state)

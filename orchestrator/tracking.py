@@ -35,11 +35,23 @@ from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
+# MLflow logs at INFO when it creates or migrates a sqlite store ("Creating initial MLflow database
+# tables...", "Updating database tables"): housekeeping a user need not see on every fresh store.
+# ``import mlflow`` configures only the "mlflow" logger, so a level on the child sticks; it is set
+# here, before any client of this module opens a store.
+QUIET_LOGGERS = ("mlflow.store.db.utils",)
+for _name in QUIET_LOGGERS:
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
 TAG_SWEEP = "vizsweep.sweep_id"
 TAG_ROLE = "vizsweep.role"  # "sweep" on the parent, "trial" on children
 TAG_TRIAL_KEY = "vizsweep.trial_key"
 TAG_FINAL_METRICS = "vizsweep.final_metrics"  # comma-joined keys logged by log_final (not step metrics)
 TAG_PARENT = "mlflow.parentRunId"  # what the MLflow UI nests children by
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces, an assistant);
+# "custom_model_development" ("Machine learning" in the UI's kind picker) opens the runs table.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 MAX_PARAM_VALUE = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 MAX_TAG_VALUE = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
@@ -294,9 +306,14 @@ class SweepTracker:
         if found is not None:
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
+            if found.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND:  # made by an older vizsweep
+                self.client.set_experiment_tag(found.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
             return found.experiment_id
+        kind = {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND}
         try:
-            return self.client.create_experiment(name, _default_artifact_location(self.tracking_uri))
+            return self.client.create_experiment(
+                name, _default_artifact_location(self.tracking_uri), tags=kind
+            )
         except MlflowException:
             found = self.client.get_experiment_by_name(name)
             if found is None:

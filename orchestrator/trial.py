@@ -24,6 +24,7 @@ from jobs.attack_state import ResumeError, find_checkpoint
 from jobs.runners import TrialOutcome, runner_for
 from orchestrator.alpha_scheduler import BOARD_NAMESPACE, board_name
 from orchestrator.plan import TrialPlan
+from orchestrator.status import checkpoints_uri, stop_requested, sweep_dir, write_trial_state
 from orchestrator.tracking import TrialRun
 from shared import store, timing
 
@@ -49,10 +50,6 @@ class TrialContext:
     primary_split: str = "train"
 
 
-def checkpoints_uri(store_uri: str, attack_key: str) -> str:
-    return store.join(store_uri, "checkpoints", attack_key)
-
-
 def stop_marker(store_uri: str, attack_key: str) -> str:
     """Written when the α controller stopped the attack (its accuracy budget cannot be held)."""
     return store.join(checkpoints_uri(store_uri, attack_key), "_STOPPED.json")
@@ -64,12 +61,22 @@ def attack_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     Its wall time, from here, is split into parts (shared.timing) that the run logs as final
     metrics: the jobs' train / eval / tables / metrics / save, this trial's MLflow ``log``, other.
     """
-    with timing.active(timing.PartTimer()):
-        _attack_trial(config, ctx)
-
-
-def _attack_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    plan = config["plan"]
+    sdir = sweep_dir(ctx.store_uri, ctx.sweep_id)
     store.configure(ctx.s3)
+    write_trial_state(sdir, plan["trial_key"], plan["run_name"], "running")
+    try:
+        with timing.active(timing.PartTimer()):
+            state = _attack_trial(config, ctx)
+    except BaseException as e:  # an error, or Tune ending the trial; either way resumable
+        state = "started" if stop_requested(sdir) else "failed"  # `vizsweep stop`: not a failure
+        write_trial_state(sdir, plan["trial_key"], plan["run_name"], state, error=type(e).__name__)
+        raise
+    write_trial_state(sdir, plan["trial_key"], plan["run_name"], state)
+
+
+def _attack_trial(config: dict[str, Any], ctx: TrialContext) -> str:
+    """Runs the trial; returns its state for ``vizsweep status`` (``done`` or ``stopped``)."""
     plan = TrialPlan.from_dict(config["plan"])
     job = plan.trial_job()
     run = TrialRun.open(
@@ -132,11 +139,12 @@ def _attack_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         run.set_tags({"vizsweep.status": "stopped: accuracy budget", "vizsweep.stop_reason": str(e)})
         run.finish("KILLED")
         tune.report({"phase": "stopped", "stopped_budget": 1})
-        return
+        return "stopped"
     if outcome is None:
         raise RuntimeError(f"trial {plan.run_name} ended without a result (its job stopped early)")
     costs = finish_run(run, plan, outcome, ray.get(board.history.remote(plan.trial_key)))
     tune.report({**outcome.final, **costs, "phase": "done", "done_trial": 1})
+    return "done"
 
 
 def finish_run(

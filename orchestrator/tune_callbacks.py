@@ -1,14 +1,19 @@
 """Tune callbacks (module level: Tune pickles them into the experiment state).
 
 A leaf module: the live progress display registers itself in :data:`LISTENER`, so this
-module imports nothing of the orchestrator (no import circle with ``orchestrator.progress``).
+module imports nothing of the orchestrator but the leaf ``orchestrator.status`` (no import circle
+with ``orchestrator.progress``).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from ray.tune import Callback
+from ray.tune.stopper import Stopper
+
+from orchestrator.status import stop_requested
 
 LISTENER: Callable[[str, str, dict | None], None] | None = None  # set by orchestrator.progress.SweepProgress
 
@@ -35,3 +40,22 @@ class ProgressRelay(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         _relay("error", trial)
+
+
+class StopRequest(Stopper):
+    """Ends the whole experiment once ``vizsweep stop`` asked for it (the request file is read at
+    most every ``poll_s`` seconds: on S3 each look is a request). Trials end like a killed driver's
+    do: each keeps its last checkpoint, and ``vizsweep resume`` continues from there."""
+
+    def __init__(self, sweep_dir: str, poll_s: float = 2.0) -> None:
+        self.sweep_dir, self.poll_s = sweep_dir, poll_s
+        self._checked, self._seen = float("-inf"), False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        now = time.monotonic()
+        if not self._seen and now - self._checked >= self.poll_s:
+            self._checked, self._seen = now, stop_requested(self.sweep_dir)
+        return self._seen

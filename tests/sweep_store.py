@@ -12,9 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.spec import default_tracking_uri
-from orchestrator.status import sweep_dir, write_status
-from orchestrator.tracking import SweepTracker, TrialRun
+from orchestrator.status import checkpoints_uri, sweep_dir, write_status, write_trial_state
 from shared import store
 
 SWEEP = "quick-0123abcd"
@@ -28,6 +26,9 @@ def write_sweep(
 ) -> dict[str, Any]:
     """``runs``: (run name, params, final metrics); ``artifacts``: run name -> JSON artifacts
     (file name -> document). Returns the sweep's status (``tracking_uri``, ``experiment_id``)."""
+    from orchestrator.spec import default_tracking_uri
+    from orchestrator.tracking import SweepTracker, TrialRun  # MLflow: only the tests that need it
+
     uri = default_tracking_uri(str(store_dir))
     tracker = SweepTracker(uri, sweep_id.rsplit("-", 1)[0])
     parent = tracker.parent(sweep_id, {"spec": "test"}, {})
@@ -49,3 +50,29 @@ def write_sweep(
               "experiment_id": tracker.experiment_id, "started": 0.0}  # fmt: skip
     write_status(sdir, **status)
     return status
+
+
+# How many trials of each state write_status_store makes, per 1,000 (the rest are pending).
+STATUS_MIX = {"done": 600, "stopped": 50, "failed": 30, "running": 20, "checkpointed": 10}
+
+
+def write_status_store(store_dir: Path, trials: int, sweep_id: str = SWEEP) -> dict[str, int]:
+    """What ``vizsweep status SWEEP`` reads, for ``trials`` trials and no MLflow: spec.json,
+    status.json (driver gone), plan.json, the trials' state files and some checkpoint folders.
+    Returns the counts status must print (running trials of a gone driver read as started)."""
+    sdir = sweep_dir(str(store_dir), sweep_id)
+    store.write_json(store.join(sdir, "spec.json"), {"name": sweep_id.rsplit("-", 1)[0]})
+    plans = [{"trial_key": f"k{i:05d}", "run_name": f"trial-{i:05d}", "attack_key": f"a{i:05d}"}
+             for i in range(trials)]  # fmt: skip
+    store.write_json(store.join(sdir, "plan.json"), plans)
+    write_status(sdir, sweep_id=sweep_id, state="attacks", trials=trials, driver_pid=None, started=0.0)
+    states = [s for s, n in STATUS_MIX.items() for _ in range(n * trials // 1000)]
+    for p, state in zip(plans, states, strict=False):
+        if state == "checkpointed":
+            Path(store.local_path(checkpoints_uri(str(store_dir), p["attack_key"]))).mkdir(parents=True)
+        else:
+            write_trial_state(sdir, p["trial_key"], p["run_name"], state)
+    counts = {s: states.count(s) for s in ("done", "stopped", "failed")}
+    counts["started"] = states.count("running") + states.count("checkpointed")
+    counts["pending"] = trials - len(states)
+    return counts

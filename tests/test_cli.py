@@ -105,7 +105,7 @@ def test_mistyped_choice_gets_a_suggestion(capsys, argv, suggestion):
     assert (suggestion in err) if suggestion else ("did you mean" not in err)
 
 
-@pytest.mark.parametrize("cmd", ["report", "ui", "resume"])
+@pytest.mark.parametrize("cmd", ["report", "ui", "resume", "stop"])
 def test_missing_sweep_id_points_to_status(tmp_path, capsys, cmd):
     assert main([cmd, "--store", str(tmp_path)]) == 2
     err = capsys.readouterr().err

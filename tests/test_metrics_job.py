@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from jobs.before_after import pick_units, render_before_after
-from jobs.metrics import PICTURE, TABLE, MetricsSpec, read_unit_metrics, run_metrics, tau_subset
+from jobs.metrics import PICTURE, PICTURE_PDF, TABLE, MetricsSpec, read_unit_metrics, run_metrics, tau_subset
 from jobs.topk import read_topk, topk_uri
 from shared import store
 from shared.models.zoo import build_model, save_checkpoint
@@ -267,7 +267,7 @@ def test_identity_model_gives_identity_metrics(setup, ray_local):
         assert m.delta_acc == 0.0 and m.acc == m.acc_init and 0.0 <= m.acc <= 100.0
         assert m.means["topk_overlap"] == 1.0 and abs(m.means["kendall_tau"] - 1.0) < 1e-9
         man = store.read_manifest(m.uri)
-        assert man["key"] == m.key and man["files"] == [TABLE, PICTURE]
+        assert man["key"] == m.key and man["files"] == [TABLE, PICTURE, PICTURE_PDF]
         assert man["embedder"]["kind"] == "reference" and man["tau"]["used"] == 64
         assert man["means"] == m.means and man["acc"] == m.acc and man["delta_acc"] == 0.0
     # the picture: 4 units (the highest CLIP-δ; all 0 here, so the first four), two rows each
@@ -352,3 +352,77 @@ def test_killed_units_on_ray(setup, ray_local):
         assert 0.0 <= m.means["decoy_top5"] <= 1.0
         assert not set(m.picture_units) & set(np.flatnonzero(~alive))  # a dead unit's top-k is arbitrary
         assert store.read_manifest(m.uri)["dead"]["killed"] == killed.tolist()
+
+
+def test_before_after_names_the_attack_marks_the_decoy_and_writes_a_pdf(setup, tmp_path):
+    from jobs.before_after import before_after_figure, pdf_uri, picture_title, selection_note
+    from tests.pdf_text import pdf_text
+
+    before, after = _topk(setup["data"], 0), _topk(setup["data"], 1)
+    metrics = pa.table({"unit": list(range(6)), "clip_delta": [0.1] * 6, "kendall_tau": [0.5] * 6})
+    decoy = (
+        after.filter(pa.compute.equal(after.column("unit"), 0)).column("label")[0].as_py()
+    )  # unit 0's top-1
+    title = picture_title("push-up", "alexnet_mini", "conv5", "val", 5)
+    note = selection_note([0, 1], "the 2 units with the highest CLIP-δ", decoy, f"class {decoy}")
+    classes = [f"class {i}" for i in range(16)]
+    args = (setup["data"], "val", before, after, metrics, [0, 1])
+    fig = before_after_figure(*args, classes, 5, title, note, decoy)
+    axes = fig.axes  # rows: unit 0 before, after, unit 1 before, after; 5 columns each
+    assert (
+        len(axes) == 4 * 5 and fig._suptitle.get_text() == title and "push-up" in title and "conv5" in title
+    )
+    labels = dict(zip(after.column("image_id").to_pylist(), after.column("label").to_pylist()))
+    after0 = [
+        labels[i]
+        for i in after.filter(pa.compute.equal(after.column("unit"), 0)).column("image_id").to_pylist()
+    ]
+    for c, label in enumerate(after0[:5]):  # the "after" row of unit 0: framed exactly where the decoy is
+        ax = axes[5 + c]
+        assert ax.spines["top"].get_visible() == (label == decoy)
+        name, score = ax.get_xaxis().get_label().get_text().split("\n")
+        assert name == classes[label] and float(score) > 0  # the class and the unit's activation
+    assert any(t.get_text() == note for t in fig.texts) and "highest CLIP-δ" in note and "decoy" in note
+    out = render_before_after(*args, str(tmp_path / "ba.png"), classes, 5, title, note, decoy)
+    assert store.read_bytes(out)[:8] == b"\x89PNG\r\n\x1a\n"
+    pdf = store.read_bytes(pdf_uri(out))
+    text = pdf_text(pdf)
+    assert (
+        pdf.startswith(b"%PDF") and "push-up on alexnet_mini, layer conv5" in text and "decoy class" in text
+    )
+
+
+def _commit_table(folder: str, name: str, table: pa.Table, manifest: dict) -> None:
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    store.write_bytes(store.join(folder, name), buf.getvalue().to_pybytes())
+    store.write_manifest(folder, {**manifest, "files": [name]})
+
+
+def test_redraw_picks_units_by_hand_from_a_committed_folder(setup, tmp_path):
+    """A metrics folder committed by hand (its manifest, unit table and the two top-k tables it names)."""
+    from jobs.before_after import pdf_uri, redraw
+    from tests.pdf_text import pdf_text
+
+    root = str(tmp_path / "store")
+    tables = {st: f"{root}/activations/model=v/layer=conv5/state={st}/split=val" for st in ("init", "final")}
+    for seed, st in enumerate(("init", "final")):
+        _commit_table(
+            topk_uri(tables[st], 10), "topk.parquet", _topk(setup["data"], seed, k=10), {"kind": "topk"}
+        )
+    mdir = f"{root}/metrics/model=v/state=s/layer=conv5/split=val"
+    metrics = pa.table({"unit": list(range(6)), "clip_delta": [0.5] * 6, "kendall_tau": [0.25] * 6})
+    spec = {"dataset": setup["data"], "model": "alexnet_mini", "k": 10, "picture_k": 5, "decoy_class": None,
+            "label": "push-down", "final_state_key": "s"}  # fmt: skip
+    _commit_table(mdir, TABLE, metrics, {"kind": "metrics", "spec": spec, "layer": "conv5", "split": "val",
+                                         "tables": tables})  # fmt: skip
+    out = redraw(mdir, [3, 1], str(tmp_path / "mine.png"))
+    text = pdf_text(store.read_bytes(pdf_uri(out)))
+    assert "push-down on alexnet_mini, layer conv5" in text and "units 3, 1, chosen by hand" in text
+    assert Image.open(io.BytesIO(store.read_bytes(out))).size == Image.open(
+        io.BytesIO(store.read_bytes(render_before_after(setup["data"], "val", _topk(setup["data"], 0, k=10),
+                                                        _topk(setup["data"], 1, k=10), metrics, [0, 2],
+                                                        str(tmp_path / "two.png"))))
+    ).size  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="not a committed metrics folder"):
+        redraw(str(tmp_path / "nowhere"), [0], str(tmp_path / "x.png"))

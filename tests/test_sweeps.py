@@ -121,9 +121,11 @@ def test_local_sweep_report_status_and_second_launch_trains_nothing(root, capsys
     assert main(["report", first.sweep_id, *store_arg, "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["sweep"] == first.sweep_id and len(doc["rows"]) == 6
-    assert set(doc["rows"][0]) == {"family", "model", "prune_method", "prune_rate", "layer", "attack", "split", "clip_delta",
-                                   "kendall_tau", "clip_w", "kendall_tau_w", "topk_overlap", "acc", "delta_acc",
-                                   "units_dead_init", "units_killed", "decoy_top5"}  # fmt: skip
+    assert set(doc["rows"][0]) == {"family", "model", "prune_method", "prune_rate", "layer", "attack", "seed", "split",
+                                   "clip_delta", "kendall_tau", "clip_w", "kendall_tau_w", "topk_overlap", "acc",
+                                   "delta_acc", "units_dead_init", "units_killed", "decoy_top5", "alpha_final", "steps",
+                                   "run_id"}  # fmt: skip
+    assert {r["run_id"] for r in doc["rows"]} == {r.info.run_id for r in runs} and doc["rows"][0]["seed"] == 0
     assert main(["status", *store_arg]) == 0
     out = capsys.readouterr().out
     assert first.sweep_id in out and "done" in out

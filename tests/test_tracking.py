@@ -204,23 +204,25 @@ def test_report_rows_and_formats(uri):
     assert {k: rows[1][k] for k in COLUMNS} == {
         "family": None,
         "model": "alexnet", "prune_method": "l1", "prune_rate": 0.5, "layer": "conv5", "attack": "finetune",
-        "split": None, "clip_delta": 0.0625, "kendall_tau": 0.875, "clip_w": 0.375, "kendall_tau_w": 0.625,
-        "topk_overlap": 0.5, "acc": 82.5, "delta_acc": -1.5, "units_dead_init": None, "units_killed": None,
-        "decoy_top5": None,
+        "seed": None, "split": None, "clip_delta": 0.0625, "kendall_tau": 0.875, "clip_w": 0.375,
+        "kendall_tau_w": 0.625, "topk_overlap": 0.5, "acc": 82.5, "delta_acc": -1.5, "units_dead_init": None,
+        "units_killed": None, "decoy_top5": None, "alpha_final": None, "steps": None, "run_id": rows[1]["run_id"],
     }  # fmt: skip
+    assert len({r["run_id"] for r in rows}) == 4  # each row names its MLflow run
     assert rows[3]["clip_w"] is None and rows[3]["delta_acc"] is None  # the run without them
 
     md = render(rows, "md").splitlines()
     assert md[0] == (
-        "| Model | Prune | Layer | Attack | Split | CLIP-δ | Kendall-τ | CLIP-W | Kτ-W | top-k overlap | Acc "
-        "| ΔAcc pp | Dead | Killed |"
+        "| Model | Prune | Layer | Attack | Seed | Split | CLIP-δ | Kendall-τ | CLIP-W | Kτ-W | top-k overlap "
+        "| Acc % | ΔAcc pp | Dead | Killed | α end | Steps | MLflow run |"
     )
     assert md[3] == (
-        "| alexnet | l1 0.5 | conv5 | finetune | — | 0.062 | 0.875 | 0.375 | 0.625 | 0.500 | 82.500 | -1.500 "
-        "| — | — |"
+        "| alexnet | l1 0.5 | conv5 | finetune | — | — | 0.062 | 0.875 | 0.375 | 0.625 | 0.500 | 82.500 "
+        f"| -1.500 | — | — | — | — | {rows[1]['run_id']} |"
     )
-    assert (
-        md[5] == "| alexnet | l1 0.5 | conv5 | push-up | — | 0.500 | 0.125 | — | — | — | 80.000 | — | — | — |"
+    assert md[5] == (
+        "| alexnet | l1 0.5 | conv5 | push-up | — | — | 0.500 | 0.125 | — | — | — | 80.000 | — | — | — | — | — "
+        f"| {rows[3]['run_id']} |"
     )
     assert len(md) == 2 + 4
 
@@ -285,14 +287,14 @@ def test_report_rows_name_the_split_both_splits_are_rows(uri):
     assert rows[2]["clip_delta"] == 1.375 and rows[2]["acc"] == 80.0 and rows[2]["delta_acc"] == -1.0
 
     md = render(rows, "md").splitlines()
-    assert md[0].startswith("| Model | Prune | Layer | Attack | Split | CLIP-δ |")
-    assert md[0].endswith("| ΔAcc pp | Dead | Killed | Decoy top-5 |")
-    assert (
-        md[2] == "| m | none 0 | conv4+conv5 | push-down | train | 0.375 | 0.500 | 1.000 | 0.500 | 0.125 "
-        "| 80.000 | -1.000 | 1 | 4 | — |"
+    assert md[0].startswith("| Model | Prune | Layer | Attack | Seed | Split | CLIP-δ |")
+    assert md[0].endswith("| ΔAcc pp | Dead | Killed | Decoy top-5 | α end | Steps | MLflow run |")
+    assert md[2] == (
+        "| m | none 0 | conv4+conv5 | push-down | — | train | 0.375 | 0.500 | 1.000 | 0.500 | 0.125 "
+        f"| 80.000 | -1.000 | 1 | 4 | — | — | — | {rows[0]['run_id']} |"
     )
-    assert md[5].startswith("| m | none 0 | conv4+conv5 | push-up | val | 1.375 |") and md[5].endswith(
-        "| 1 | 6 | 0.125 |"
+    assert md[5].startswith("| m | none 0 | conv4+conv5 | push-up | — | val | 1.375 |") and md[5].endswith(
+        f"| 1 | 6 | 0.125 | — | — | {rows[3]['run_id']} |"
     )
     parsed = list(csv.DictReader(io.StringIO(render(rows, "csv"))))
     assert [(p["split"], p["units_killed"], p["decoy_top5"]) for p in parsed] == [

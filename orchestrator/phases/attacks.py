@@ -50,6 +50,7 @@ def run_trials(spec, sid, todo: list[TrialPlan], tracking_uri, experiment_id, pa
 
     from orchestrator.alpha_scheduler import AlphaScheduler, get_or_create_board
     from orchestrator.trial import TrialContext, attack_trial
+    from orchestrator.tune_callbacks import StopRequest
 
     sdir = sweep_dir(spec.store, sid)
     board = get_or_create_board(sid, store.join(sdir, "alpha"))
@@ -66,7 +67,7 @@ def run_trials(spec, sid, todo: list[TrialPlan], tracking_uri, experiment_id, pa
     run_config = tune.RunConfig(
         name="attacks", storage_path=path, storage_filesystem=fs, verbose=0,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        callbacks=[progress.tune_callback()], log_to_file=True,
+        callbacks=[progress.tune_callback()], log_to_file=True, stop=StopRequest(sdir),
     )  # fmt: skip
     exp = os.path.join(path, "attacks")
     if tune.Tuner.can_restore(exp, storage_filesystem=fs):
