@@ -1,9 +1,10 @@
 """Top-1 accuracy of a model on a whole split (SCIENCE.md §3: Acc on V), as a cached stage.
 
 Activation tables keep squared unit scores only, so a prediction cannot be read back from
-them (a squared logit loses its sign); this is one more forward pass over the split, on Ray
-Data like the activation tables: decode (CPU tasks) -> forward (actor pool, GPU actors when
-the cluster has them) -> count on the driver. The result is a manifest only:
+them (a squared logit loses its sign); this is one more forward pass over the split, run by the
+activation tables' executors: on one node a loop in this process (Ray Data's actor start-up costs
+more than a small split's forward pass), across nodes Ray Data: decode (CPU tasks) -> forward
+(actor pool, GPU actors when the cluster has them) -> count on the driver. The result is a manifest only:
 ``{store}/accuracy/model={variant}/state={state}/split={split}/_MANIFEST.json``, keyed by
 (model, weights, split, dataset, code version), so Acc(θ0) is computed once per variant and
 shared by every attack on it.
@@ -87,8 +88,12 @@ def run_accuracy(
     batch_size: int = 256,
     num_actors: int | None = None,
     progress: Progress = no_progress,
+    executor: str = "auto",
 ) -> AccuracyResult:
-    """Top-1 of ``model`` with ``weights`` on every image of ``split`` (computed or reused); needs Ray."""
+    """Top-1 of ``model`` with ``weights`` on every image of ``split`` (computed or reused).
+
+    ``executor`` as for the activation tables (``jobs.activations.choose_executor``): ``ray-data``
+    needs a running Ray."""
     out = accuracy_uri(store_uri, variant_key, state_key, split)
     ident, key = _identity(dataset, split, model, weights)
     done = committed_accuracy(dataset, split, model, weights, store_uri, variant_key, state_key)
@@ -97,9 +102,14 @@ def run_accuracy(
     integrity.check_dataset(dataset, split)  # a damaged shard is named, with its re-import
     integrity.prepare_recompute(out)
     t0 = time.time()
-    preds, labels, corrupt = _predict(
-        dataset, split, model, weights, device, batch_size, num_actors, progress
-    )
+    from jobs.activations import choose_executor
+
+    if choose_executor(executor) == "local":
+        preds, labels, corrupt = _predict_local(dataset, split, model, weights, device, batch_size, progress)
+    else:
+        preds, labels, corrupt = _predict(
+            dataset, split, model, weights, device, batch_size, num_actors, progress
+        )
     if len(labels) == 0:
         raise ValueError(f"no readable image in split {split!r} of {dataset}: accuracy is undefined")
     from shared.metrics import accuracy
@@ -161,6 +171,38 @@ def commit_counted(
         },
     )  # fmt: skip
     return AccuracyResult(out, acc, int(correct), int(rows), int(corrupt), False)
+
+
+def _predict_local(
+    dataset: str, split: str, model: str, weights: str, device: str, batch_size: int, progress: Progress
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`_predict` in this process: read, decode and classify the split batch by batch."""
+    import torch
+
+    from jobs import activation_parts as parts
+    from jobs.activations_local import encoded, record_batches
+    from shared.dataset_meta import split_size
+    from shared.models.zoo import model_info
+
+    pre = model_info(model).preprocess
+    net, dev = parts.load_model(model, weights, device)
+    total = split_size(dataset, split)
+    preds, labels = [], []
+    corrupt = seen = 0
+    for t in record_batches(dataset, split, batch_size, None):
+        batch = parts.decode(encoded(t), pre)
+        ok = np.asarray(batch["ok"], dtype=bool)
+        if ok.any():
+            x = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok])).to(dev)
+            with torch.inference_mode():
+                preds.append(net(x).argmax(dim=1).cpu().numpy())
+            labels.append(np.asarray(batch["label"], dtype=np.int64)[ok])
+        corrupt += int((~ok).sum())
+        seen += len(ok)
+        progress(seen, total, phase="accuracy", split=split)
+    if not preds:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), corrupt
+    return np.concatenate(preds), np.concatenate(labels), corrupt
 
 
 def _predict(

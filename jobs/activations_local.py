@@ -66,7 +66,8 @@ def decode_threads(device_type: str) -> int:
     return max(1, min(8, len(os.sched_getaffinity(0)) - 1))
 
 
-def _encoded(t: pa.Table) -> dict[str, Any]:
+def encoded(t: pa.Table) -> dict[str, Any]:
+    """A record table as the columns ``decode`` takes."""
     return {
         "image_id": np.asarray(t.column("image_id").to_pylist(), dtype=object),
         "label": t.column("label").to_numpy(),
@@ -136,7 +137,7 @@ def run_local(spec, pre, dirs: dict[str, str], attempt: str, total: int | None, 
             for t in record_batches(spec.dataset, spec.split, spec.batch_size, spec.limit):
                 if stop.is_set():
                     return
-                ahead.append(pool.submit(parts.decode, _encoded(t), pre))
+                ahead.append(pool.submit(parts.decode, encoded(t), pre))
                 if len(ahead) > workers:
                     decoded.put(ahead.popleft().result())
             while ahead and not stop.is_set():
