@@ -22,6 +22,7 @@ import torch
 from jobs.attack_data import prepare_data, steps_per_epoch
 from jobs.attack_spec import CODE_VERSION, AttackSpec
 from jobs.attack_state import find_checkpoint, load_state, rng_state, save_state, set_rng_state
+from jobs.hold import hold_after_checkpoint
 from jobs.train_stream import TrainStream
 from shared import store, timing
 from shared.alpha import next_alpha
@@ -231,6 +232,8 @@ class _Trial:
         if stop and ckpt is None and checkpoint_dir is not None:
             ckpt = self.save(checkpoint_dir)
         self.last_ckpt = ckpt or self.last_ckpt
+        if ckpt is not None:
+            hold_after_checkpoint(self.spec.attack, self.step)  # tests only: a named attack waits here
         if self.pending:
             self.alpha, self.pending = _ask(alpha_source, self.step, metrics), False
         return stop
