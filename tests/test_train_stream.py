@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -97,6 +98,29 @@ def test_shard_order_is_the_order_the_readers_yield(data, layout):
         _batches(TrainStream(spec, ROWS, 0, executor="local"), 2),
         _batches(TrainStream(spec, ROWS, 2**30, executor="local"), 2),
     )
+
+
+def test_corrupt_images_drop_out_of_their_batch(data, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "bad" / "train").mkdir(parents=True)
+    for i, shard in enumerate(sorted((Path(data) / "parquet" / "train").glob("*.parquet"))):
+        t = pq.read_table(shard)
+        if i == 1:  # rows 13 and 17 of the split
+            images = t.column("image").to_pylist()
+            for j in (0, 4):
+                images[j] = {"bytes": b"not a jpeg", "path": images[j]["path"]}
+            t = t.set_column(
+                t.schema.get_field_index("image"), "image", pa.array(images, t.schema.field("image").type)
+            )
+        pq.write_table(t, tmp_path / "bad" / "train" / shard.name)
+    spec = _spec(str(tmp_path / "bad"))
+    order = epoch_order(epoch_windows(ROWS, 8, 16, spec.seed, 0))[: (ROWS // 6) * 6].reshape(-1, 6)
+    want = [6 - int(np.isin(rows, [13, 17]).sum()) for rows in order]
+    for cache in (0, 2**30):
+        got = _batches(TrainStream(spec, ROWS, cache, executor="local"), 0)
+        assert [len(x) for x, _ in got] == [len(y) for _, y in got] == want and sum(want) < 42
 
 
 def test_bad_settings_are_named(data):
