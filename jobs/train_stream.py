@@ -147,10 +147,21 @@ class _Rows:
             self.n += len(part["ok"])
 
     def take(self, n: int) -> dict[str, np.ndarray]:
-        whole = {k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]}
-        rest = {k: v[n:] for k, v in whole.items()}
-        self.parts, self.n = ([rest], self.n - n) if self.n > n else ([], 0)
-        return {k: v[:n] for k, v in whole.items()}
+        """The next ``n`` rows (there must be that many): copies those rows only, not the rest."""
+        got: list[dict[str, np.ndarray]] = []
+        need = n
+        while need:
+            part = self.parts[0]
+            m = len(part["ok"])
+            if m <= need:
+                got.append(self.parts.pop(0))
+                need -= m
+            else:
+                got.append({k: v[:need] for k, v in part.items()})
+                self.parts[0] = {k: v[need:] for k, v in part.items()}
+                need = 0
+        self.n -= n
+        return got[0] if len(got) == 1 else {k: np.concatenate([g[k] for g in got]) for k in got[0]}
 
 
 def _fill(out: dict[str, np.ndarray], parts) -> None:
