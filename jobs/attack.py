@@ -2,7 +2,7 @@
 
 Inputs: a base checkpoint and its initial top-k tables on the train split (computed or
 reused through ``jobs.activations`` + ``jobs.topk``, so this job needs Ray). Training
-batches stream through Ray Data in a seeded order; every evaluation interval the top-1
+batches stream in a seeded order (``jobs.train_stream``); every evaluation interval the top-1
 accuracy on a fixed held-out subset sets the next α (``shared.alpha.next_alpha``, or
 ``alpha_source`` when a Tune scheduler decides), the step metrics go to ``report``, and
 a checkpoint holding everything needed to continue exactly is written. Output:

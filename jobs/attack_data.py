@@ -6,13 +6,12 @@
 - D_decoy (Eq. 8) = ``decoy_images`` train images of ``decoy_class``, drawn with the seed
   from the split's image index; the evaluation subset likewise from ``eval_split``. All
   three are fetched by id (:func:`shared.image_index.fetch_images`), never by a scan.
-- Training batches stream through Ray Data in an order that is a function of
+- Training batches stream in an order that our code defines as a function of
   (seed, epoch): fixed-size blocks (so the layout does not depend on the cluster's
-  size), seeded ``randomize_block_order``, decode, then a seeded local shuffle buffer
-  with ``preserve_order`` so parallel decode tasks cannot reorder rows
-  (:class:`jobs.train_stream.TrainStream`).
-  A resumed run replays its epoch's stream up to its position without training: no
-  shuffle state to save, and cheap when the decoded split is cached.
+  size) permuted with numpy, rows permuted within windows of consecutive blocks
+  (:class:`jobs.train_stream.TrainStream`: decoded in this process on one node, by
+  Ray Data in the same order across nodes). A resumed run starts at its batch: the
+  order is computed, so there is no shuffle state to save.
 """
 
 from __future__ import annotations

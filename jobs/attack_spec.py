@@ -19,7 +19,7 @@ from shared.alpha import AlphaConfig
 from shared.attacks import family_of, get_attack
 from shared.models.zoo import model_info
 
-CODE_VERSION = "attack-v2"  # v2: keys per family (family + its config), push-up is the max form
+CODE_VERSION = "attack-v3"  # v2: keys per family, push-up is the max form; v3: our train stream order
 EXECUTION_ONLY = ("device", "checkpoint_every", "keep_checkpoints", "eval_batch_size", "cache_mb")
 
 
@@ -46,8 +46,8 @@ class AttackSpec:
     evals_per_epoch: int = 10  # evaluation intervals per epoch (α update, report, checkpoint)
     eval_split: str = "val"  # split the fixed evaluation subset is drawn from (held out from training)
     eval_images: int = 2000  # size of that subset (seeded; the whole split when smaller)
-    shuffle_buffer: int = 1024  # rows in Ray Data's seeded local shuffle buffer
-    block_rows: int = 256  # rows per block that the seeded randomize_block_order permutes
+    shuffle_buffer: int = 1024  # rows per shuffle window: consecutive blocks whose rows are permuted
+    block_rows: int = 256  # rows per block that the seeded stream order permutes (jobs.train_stream)
     train_split: str = "train"  # the split D that is trained on and whose top-k is attacked
     seed: int = 0  # data order, subsets, dropout
     amp: bool = False  # bf16 autocast (changes the numerics, hence in the key)
@@ -56,9 +56,7 @@ class AttackSpec:
     checkpoint_every: int = field(default=1, compare=False)  # in evaluation intervals
     keep_checkpoints: int = field(default=2, compare=False)  # newest step-* folders kept
     eval_batch_size: int = field(default=256, compare=False)  # images per forward when evaluating
-    cache_mb: int = field(
-        default=2048, compare=False
-    )  # keep the decoded train split in Ray's store if it fits
+    cache_mb: int = field(default=2048, compare=False)  # keep the decoded train split in memory if it fits
 
     def __post_init__(self) -> None:
         get_attack(self.attack)  # unknown names fail here, listing the valid ones

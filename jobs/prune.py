@@ -15,8 +15,8 @@ Each method is a plugin of :mod:`shared.pruners` (``get_pruner(spec.method)``): 
 runs its hook between loading and fine-tuning. Structured checkpoints change the architecture:
 ``shared.models.load_checkpoint`` rebuilds them from the index map in their meta.
 Fine-tuning follows the thesis: Adam at ``lr`` (1e-5), x0.1 from ``lr_drop_at`` of the steps.
-Training batches stream through Ray Data (:class:`jobs.train_stream.TrainStream`, random
-horizontal flips on top), and the fine-tuned accuracy is the accuracy stage's Acc(θ0) of the
+Training batches stream in a seeded order that our code defines (:class:`jobs.train_stream.TrainStream`:
+in this process on one node, through Ray Data across nodes; random horizontal flips on top), and the fine-tuned accuracy is the accuracy stage's Acc(θ0) of the
 variant (``jobs.accuracy``, reused by every attack's metrics): neither holds a split in
 memory, so the job runs on ImageNet as on the synthetic set.
 """
@@ -55,7 +55,7 @@ from shared.pruners import (
 
 __all__ = ["CODE_VERSION", "PruneResult", "PruneSpec", "run_prune"]
 
-CODE_VERSION = "prune-v2"  # bump when pruning or fine-tuning changes what a spec produces
+CODE_VERSION = "prune-v3"  # v3: the train stream's order is ours (jobs.train_stream); bump when pruning or fine-tuning changes what a spec produces
 EXECUTION_ONLY = ("device", "cache_mb")  # settings that do not change the result: kept out of the key
 
 
@@ -82,12 +82,10 @@ class PruneSpec:
     train_split: str = "train"  # split that is fine-tuned on
     val_split: str = "val"  # split whose top-1 is reported as fine_tuned_acc
     layout: str | None = None  # dataset layout; None = detect
-    block_rows: int = 256  # rows per block that the seeded randomize_block_order permutes
-    shuffle_buffer: int = 1024  # rows in Ray Data's seeded local shuffle buffer
+    block_rows: int = 256  # rows per block that the seeded stream order permutes (jobs.train_stream)
+    shuffle_buffer: int = 1024  # rows per shuffle window: consecutive blocks whose rows are permuted
     device: str = field(default="auto", compare=False)  # "auto": CUDA when present, else CPU
-    cache_mb: int = field(
-        default=2048, compare=False
-    )  # keep the decoded train split in Ray's store if it fits
+    cache_mb: int = field(default=2048, compare=False)  # keep the decoded train split in memory if it fits
 
     def __post_init__(self) -> None:
         model_info(self.model)  # unknown names fail here, listing the valid ones
@@ -145,7 +143,7 @@ def run_prune(spec: PruneSpec, store_uri: str, progress: Progress = no_progress)
 
     integrity.check_dataset(spec.dataset, spec.train_split)  # a damaged shard is named, with its re-import
     integrity.prepare_recompute(out)
-    ensure_ray()  # the stream and the accuracy stage run on Ray Data (joins a running cluster)
+    ensure_ray()  # joins a running cluster: its node count picks the stream's and accuracy's executors
     device = pick_device(spec.device)
     info = model_info(spec.model)
     base, meta = build_model(spec.model, weights=spec.weights)

@@ -136,6 +136,27 @@ def build_index(uri: str, split: str, layout: str | None = None) -> str:
     return out
 
 
+def shard_order(uri: str, split: str, layout: str | None = None) -> pa.Table:
+    """The split's index rows in the order the readers yield them: shards as :func:`list_shards`
+    sorts them, rows (files, for the folder layout) in shard order."""
+    root = store.normalize(uri)
+    layout = layout or detect_layout(root)
+    fs, path = store.resolve(build_index(root, split, layout))
+    table = pq.read_table(path, filesystem=fs)
+    position = {_relative(root, s): i for i, s in enumerate(list_shards(root, split, layout))}
+    shards = table.column("shard").to_pylist()
+    if layout == "folder":  # index rows are files: their shard is the class folder
+        shard_of = [position[posixpath.dirname(s)] for s in shards]
+        within = pa.array(shards)  # folder_files sorts the file URIs
+    else:
+        shard_of = [position[s] for s in shards]
+        within = table.column("row")
+    order = table.append_column("_shard", pa.array(shard_of, pa.int64())).append_column("_within", within)
+    return order.sort_by([("_shard", "ascending"), ("_within", "ascending")]).drop_columns(
+        ["_shard", "_within"]
+    )
+
+
 def _lookup(root: str, split: str, layout: str, ids: list[str]) -> pa.Table:
     fs, path = store.resolve(build_index(root, split, layout))
     table = pq.read_table(path, filesystem=fs, filters=pc.field("image_id").isin(ids))
@@ -160,19 +181,24 @@ def fetch_images(
     ids = list(dict.fromkeys(str(i) for i in image_ids))
     if not ids:
         return {}
-    hits = _lookup(root, split, layout, ids).to_pylist()
+    return read_entries(root, layout, _lookup(root, split, layout, ids).to_pylist())
+
+
+def read_entries(root: str, layout: str, entries: list[dict[str, Any]]) -> dict[str, bytes]:
+    """image_id -> encoded bytes of index rows (:data:`INDEX_SCHEMA` dicts): their row groups,
+    byte ranges or files only, one open per shard."""
     by_shard: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for h in hits:
+    for h in entries:
         by_shard[h["shard"]].append(h)
     out: dict[str, bytes] = {}
-    for rel, entries in by_shard.items():
+    for rel, members in by_shard.items():
         shard = store.join(root, rel)
         if layout == "folder":
-            for e in entries:
+            for e in members:
                 out[e["image_id"]] = store.read_bytes(shard)
             continue
         try:
-            out.update(_shard_images(shard, layout, entries))
+            out.update(_shard_images(shard, layout, members))
         except (pa.ArrowException, OSError) as e:  # a damaged shard: name it and its re-import
             raise integrity.shard_error(shard, e) from e
     return out
