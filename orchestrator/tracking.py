@@ -379,6 +379,16 @@ class TrialRun:
         self._last_step = self._highest_step(run)
 
     @classmethod
+    def finished(cls, tracking_uri: str, experiment_id: str, parent_run_id: str, trial_key: str) -> bool:
+        """Whether the trial's run under ``parent_run_id`` is FINISHED (a Tune restore may rerun a
+        trial whose run ended just before the driver died)."""
+        flt = (
+            f"tags.`{TAG_PARENT}` = {_quote(parent_run_id)} AND tags.`{TAG_TRIAL_KEY}` = {_quote(trial_key)}"
+        )
+        found = _search_all(client(tracking_uri), [experiment_id], flt)
+        return bool(found) and found[0].info.status == "FINISHED"
+
+    @classmethod
     def open(
         cls, tracking_uri: str, experiment_id: str, parent_run_id: str, trial_key: str, run_name: str,
         params: Mapping[str, Any], tags: Mapping[str, Any],

@@ -79,6 +79,11 @@ def _attack_trial(config: dict[str, Any], ctx: TrialContext) -> str:
     """Runs the trial; returns its state for ``vizsweep status`` (``done`` or ``stopped``)."""
     plan = TrialPlan.from_dict(config["plan"])
     job = plan.trial_job()
+    finished = TrialRun.finished(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, plan.trial_key)
+    if finished and (outcome := runner_for(job.attack).stored(job, ctx.store_uri)) is not None:
+        # ended (committed and logged) before its driver died, before Tune recorded it: not run again
+        tune.report({**outcome.final, "phase": "done", "done_trial": 1})
+        return "done"
     run = TrialRun.open(
         ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, plan.trial_key, plan.run_name,
         plan.params, {"vizsweep.sweep_id": ctx.sweep_id, "vizsweep.attack_key": plan.attack_key,

@@ -253,7 +253,7 @@ def test_multi_node_trials_spread_and_a_lost_node_continues_from_its_checkpoint(
 def test_driver_sigkill_then_resume_finishes_only_the_unfinished(tmp_path, root):
     import yaml
 
-    from orchestrator.plan import TrialPlan, stored_result
+    from orchestrator.plan import TrialPlan
     from orchestrator.status import sweep_dir, sweep_id_for
     from orchestrator.trial import checkpoints_uri
     from shared import store
@@ -276,13 +276,17 @@ def test_driver_sigkill_then_resume_finishes_only_the_unfinished(tmp_path, root)
         uri = store.join(sweep_dir(spec.store, sid), "plan.json")
         return [TrialPlan.from_dict(p) for p in store.read_json(uri)] if store.exists(uri) else []
 
+    def finished() -> set[str]:  # trial keys of FINISHED runs (committed and logged)
+        runs = _runs(spec.tracking_uri, sid)
+        return {r.data.tags["vizsweep.trial_key"] for r in runs if r.info.status == "FINISHED"}
+
     def one_done_and_push_down_held() -> bool:
         assert driver.poll() is None, f"driver ended early: {(tmp_path / 'driver.log').read_text()[-3000:]}"
-        return _held(hold, "push-down") and any(stored_result(p, spec.store) is not None for p in plans())
+        return _held(hold, "push-down") and bool(finished())
 
     try:
         wait_until(one_done_and_push_down_held, timeout=900, what="one trial done and push-down held")
-        finished_before = {p.trial_key for p in plans() if stored_result(p, spec.store) is not None}
+        finished_before = finished()
         started_before = {
             p.trial_key for p in plans() if store.exists(checkpoints_uri(spec.store, p.attack_key))
         }
@@ -307,8 +311,8 @@ def test_driver_sigkill_then_resume_finishes_only_the_unfinished(tmp_path, root)
         elif key in started_before:  # cut off mid-training: continued from its checkpoint
             assert int(r.data.tags["vizsweep.attempts"]) == 2
             assert int(r.data.tags["vizsweep.resumed_from_step"]) > 0
-        else:  # not started when the driver died: ran once, after
-            assert int(r.data.tags["vizsweep.attempts"]) == 1
+        else:  # not started, or started without a checkpoint, when the driver died: at most one more try
+            assert int(r.data.tags["vizsweep.attempts"]) in (1, 2)
     assert any(r.data.params["attack"] == "push-down" and int(r.data.tags["vizsweep.attempts"]) == 2
                for r in runs), "the held push-down trial did not continue from its checkpoint"  # fmt: skip
     assert "push-down" in rc.stdout  # the report printed at the end
