@@ -20,6 +20,29 @@ REASON_CHARS = 1000  # one readable line in `vizsweep status`
 TAG_FAILURE = "vizsweep.failure"
 
 
+# Faults of the machine or the cluster, not of the trial's inputs: retried (Tune's max_failures).
+_TRANSIENT = (TimeoutError, ConnectionError, MemoryError)
+# OSErrors that a retry cannot fix: a missing or unreadable file stays so.
+_LASTING_OS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def is_deterministic(exc: BaseException) -> bool:
+    """True for an error a retry would repeat (bad config, bad data, a bug); False for an
+    infrastructure fault (a lost worker or node, the network, memory) or a stop request."""
+    from ray.exceptions import RayError, RayTaskError
+
+    if isinstance(exc, RayTaskError):  # a remote function's own error travels wrapped
+        cause = exc.cause
+        return cause is not None and not isinstance(cause, RayError) and is_deterministic(cause)
+    if not isinstance(exc, Exception) or isinstance(exc, RayError):
+        return False
+    if isinstance(exc, _LASTING_OS):
+        return True
+    if isinstance(exc, _TRANSIENT | OSError):
+        return False
+    return type(exc).__name__ != "OutOfMemoryError"  # torch's CUDA OOM: another node may have room
+
+
 def reason_of(exc: BaseException) -> str:
     """``Type: message`` on one line, cut to REASON_CHARS, credentials in URIs removed."""
     text = " ".join(str(exc).split())

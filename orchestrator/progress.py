@@ -66,6 +66,7 @@ class SweepProgress:
         self.total, self.done, self.sweep_dir, self.quiet = total, done, sweep_dir, quiet
         self.running: set[str] = set()
         self.failed = 0
+        self.failed_ids: set[str] = set()  # trials that failed on their input (they end "complete")
         self.t0 = time.time()
         self.durations: list[float] = []
         self.started: dict[str, float] = {}
@@ -81,14 +82,28 @@ class SweepProgress:
         if kind == "start":
             self.running.add(trial_id)
             self.started.setdefault(trial_id, now)
+        elif kind == "result" and result and result.get("failed_trial"):
+            self.failed_ids.add(trial_id)
+            self._line(f"trial {result.get('error', '?')} (bad input: not retried)")
+        elif kind == "retry" and result:
+            self.running.discard(trial_id)
+            self._line(f"trial {result['name']}: lost its worker or node (failure {result['failures']}); "
+                       "Tune runs it again from its last checkpoint")  # fmt: skip
         elif kind in ("complete", "error"):
             self.running.discard(trial_id)
-            if kind == "error":
+            if kind == "error" or trial_id in self.failed_ids:
                 self.failed += 1
             else:
                 self.done += 1
                 self.durations.append(now - self.started.get(trial_id, self.t0))
         self._show(result)
+
+    def _line(self, text: str) -> None:
+        """One line above the bar (or alone when quiet: failures are never silent)."""
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
 
     def eta(self) -> float | None:
         if not self.durations:

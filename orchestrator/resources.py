@@ -44,4 +44,7 @@ def task_resources(spec: Any) -> dict[str, float]:
         return {"num_cpus": float(res.cpus_per_trial), "num_gpus": gpu}
     nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU")]
     sizes = [n["Resources"]["CPU"] for n in nodes]
-    return {"num_cpus": float(max(res.cpus_per_trial, min(sizes or [2]) - _spare_cores(nodes))), "num_gpus": 0.0}
+    return {
+        "num_cpus": float(max(res.cpus_per_trial, min(sizes or [2]) - _spare_cores(nodes))),
+        "num_gpus": 0.0,
+    }

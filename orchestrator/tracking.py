@@ -378,15 +378,32 @@ class TrialRun:
         self._final = set(filter(None, run.data.tags.get(TAG_FINAL_METRICS, "").split(",")))
         self._last_step = self._highest_step(run)
 
-    @classmethod
-    def finished(cls, tracking_uri: str, experiment_id: str, parent_run_id: str, trial_key: str) -> bool:
-        """Whether the trial's run under ``parent_run_id`` is FINISHED (a Tune restore may rerun a
-        trial whose run ended just before the driver died)."""
+    @staticmethod
+    def _find(tracking_uri: str, experiment_id: str, parent_run_id: str, trial_key: str) -> Run | None:
         flt = (
             f"tags.`{TAG_PARENT}` = {_quote(parent_run_id)} AND tags.`{TAG_TRIAL_KEY}` = {_quote(trial_key)}"
         )
         found = _search_all(client(tracking_uri), [experiment_id], flt)
-        return bool(found) and found[0].info.status == "FINISHED"
+        return found[0] if found else None
+
+    @classmethod
+    def finished(cls, tracking_uri: str, experiment_id: str, parent_run_id: str, trial_key: str) -> bool:
+        """Whether the trial's run under ``parent_run_id`` is FINISHED (a Tune restore may rerun a
+        trial whose run ended just before the driver died)."""
+        run = cls._find(tracking_uri, experiment_id, parent_run_id, trial_key)
+        return run is not None and run.info.status == "FINISHED"
+
+    @classmethod
+    def fail(
+        cls, tracking_uri: str, experiment_id: str, parent_run_id: str, trial_key: str, reason: str
+    ) -> None:
+        """The trial's run FAILED, with ``reason`` in its ``vizsweep.status`` tag (when it has a run)."""
+        run = cls._find(tracking_uri, experiment_id, parent_run_id, trial_key)
+        if run is not None:
+            c = client(tracking_uri)
+            for k, v in safe_tags({"vizsweep.status": f"failed: {reason}"}).items():
+                c.set_tag(run.info.run_id, k, v)
+            c.set_terminated(run.info.run_id, "FAILED")
 
     @classmethod
     def open(

@@ -23,6 +23,7 @@ from ray import tune
 from jobs.attack_state import ResumeError, find_checkpoint
 from jobs.runners import TrialOutcome, runner_for
 from orchestrator.alpha_scheduler import BOARD_NAMESPACE, board_name
+from orchestrator.failure import is_deterministic, reason_of
 from orchestrator.plan import TrialPlan
 from orchestrator.status import checkpoints_uri, stop_requested, sweep_dir, write_trial_state
 from orchestrator.tracking import TrialRun
@@ -69,9 +70,17 @@ def attack_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         with timing.active(timing.PartTimer()):
             state = _attack_trial(config, ctx)
     except BaseException as e:  # an error, or Tune ending the trial; either way resumable
-        state = "started" if stop_requested(sdir) else "failed"  # `vizsweep stop`: not a failure
-        write_trial_state(sdir, plan["trial_key"], plan["run_name"], state, error=type(e).__name__)
-        raise
+        stopping = stop_requested(sdir)  # `vizsweep stop`: not a failure
+        if stopping or not is_deterministic(e):  # a lost worker, the network: Tune retries it
+            state = "started" if stopping else "failed"
+            write_trial_state(sdir, plan["trial_key"], plan["run_name"], state, error=type(e).__name__)
+            raise
+        # bad config or data: a retry would fail the same way, so the trial fails once, with one line
+        reason = reason_of(e)
+        write_trial_state(sdir, plan["trial_key"], plan["run_name"], "failed", error=reason)
+        TrialRun.fail(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, plan["trial_key"], reason)
+        tune.report({"phase": "failed", "failed_trial": 1, "error": f"{plan['run_name']}: {reason}"})
+        return
     write_trial_state(sdir, plan["trial_key"], plan["run_name"], state)
 
 

@@ -41,6 +41,11 @@ class ProgressRelay(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         _relay("error", trial)
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # an infrastructure fault (the trial itself fails once on bad input): Tune runs it again
+        name = (trial.config or {}).get("plan", {}).get("run_name", trial.trial_id)
+        _relay("retry", trial, {"name": name, "failures": trial.run_metadata.num_failures})
+
 
 class StopRequest(Stopper):
     """Ends the whole experiment once ``vizsweep stop`` asked for it (the request file is read at

@@ -436,8 +436,10 @@ def test_a_family_defined_outside_the_project_runs_end_to_end(tmp_path, root):
 
     from orchestrator.status import sweep_id_for
 
+    # the second entry asks for more random images than the split has: bad input that validate cannot
+    # see (the family's own data provider fails), so its trial fails once, not max_failures + 1 times
     raw = tiny_spec(root, "plugin", plugins=["tests.plugins.random_set"],
-                    attacks=[{"name": "push-random-up", "images": 6}])  # fmt: skip
+                    attacks=[{"name": "push-random-up", "images": 6}, {"name": "push-random-up", "images": 9999}])  # fmt: skip
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(raw))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -447,14 +449,26 @@ def test_a_family_defined_outside_the_project_runs_end_to_end(tmp_path, root):
                               capture_output=True, text=True, timeout=900)  # fmt: skip
 
     v = cli("validate", str(path))
-    assert v.returncode == 0 and "1 trial" in v.stdout, v.stdout + v.stderr
+    assert v.returncode == 0 and "2 trial" in v.stdout, v.stdout + v.stderr
     p = cli("plan", str(path), "--json")
-    assert p.returncode == 0 and json.loads(p.stdout)["stages"]["attack_trials"]["count"] == 1, p.stdout
+    assert p.returncode == 0 and json.loads(p.stdout)["stages"]["attack_trials"]["count"] == 2, p.stdout
     launched = cli("launch", str(path))
-    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+    out = launched.stdout + launched.stderr
+    assert launched.returncode == 1, out[-3000:]
+    assert "Traceback" not in out and "(bad input: not retried)" in out, out[-3000:]
+    (line,) = [x for x in out.splitlines() if "bad input" in x]
+    assert "ValueError" in line, line
     spec = load_spec(str(path))
     sid = sweep_id_for(spec)
-    (run,) = _runs(spec.tracking_uri, sid)
+    runs = {r.data.params["images"]: r for r in _runs(spec.tracking_uri, sid)}
+    bad = runs["9999"]
+    assert (
+        bad.info.status == "FAILED" and bad.data.tags["vizsweep.attempts"] == "1"
+    )  # max_failures=2: not retried
+    assert bad.data.tags["vizsweep.status"].startswith("failed: ValueError")
+    status = cli("status", sid, "--store", spec.store)
+    assert "1 failed" in status.stdout or "failed" in status.stdout, status.stdout
+    run = runs["6"]
     assert run.info.status == "FINISHED" and run.data.params["family"] == "random-set"
     assert run.data.params["images"] == "6" and "clip_delta" in run.data.metrics
     report = cli("report", sid, "--store", spec.store, "--format", "json")
