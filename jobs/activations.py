@@ -108,12 +108,18 @@ def check_spec(spec: ActivationsSpec) -> None:
 
 
 def choose_executor(requested: str) -> str:
-    """``local`` when the job fits one node (Ray not started, or one alive node), else ``ray-data``."""
+    """``ray-data`` when a driver's job spans a multi-node cluster, else ``local``.
+
+    ``local`` when Ray is not started, has one alive node, or when the caller is itself a Ray task or
+    actor (a Tune trial, a pruning task): it holds its own CPUs and GPU, while Ray Data's actors would
+    ask the cluster for more, competing with the other trials and waiting forever once the trials
+    hold every GPU (seen after a lost node, when the free-GPU count was stale).
+    """
     if requested != "auto":
         return requested
     import ray
 
-    if not ray.is_initialized():
+    if not ray.is_initialized() or ray.get_runtime_context().get_task_id() is not None:
         return "local"
     alive = sum(1 for n in ray.nodes() if n.get("Alive"))
     return "ray-data" if alive > 1 else "local"

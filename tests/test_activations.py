@@ -43,6 +43,8 @@ def _spec(setup, **kw) -> ActivationsSpec:
         dataset=setup["data"], split="val", model="alexnet_mini", weights=setup["weights"],
         variant_key="v0", layers=LAYERS, batch_size=32,
     )  # fmt: skip
+    if kw.get("executor") == "ray-data":
+        kw.setdefault("num_actors", 1)  # one model-loading actor: half the pool's start-up on 2 cores
     return ActivationsSpec(**{**base, **kw})
 
 
@@ -141,7 +143,7 @@ def test_interrupted_write_leaves_no_manifest(setup, ray_local, tmp_path, killed
     """SIGKILL the driver while parts are being written: no manifest; a rerun (by the other executor)
     sweeps the stale parts and commits cleanly."""
     data = str(tmp_path / "data")
-    generate(data, classes=16, train_per_class=1, val_per_class=100, size=48, seed=5, shard_size=50)
+    generate(data, classes=16, train_per_class=1, val_per_class=40, size=48, seed=5, shard_size=40)
     store_uri = str(tmp_path / "store")
     address = ray_local.get_runtime_context().gcs_address
     script = textwrap.dedent(
@@ -151,7 +153,7 @@ def test_interrupted_write_leaves_no_manifest(setup, ray_local, tmp_path, killed
         from jobs.activations import ActivationsSpec, run_activations
         ensure_ray(address={address!r})
         spec = ActivationsSpec(dataset={data!r}, split="val", model="alexnet_mini", weights={setup["weights"]!r},
-                               variant_key="v0", layers=("conv5",), batch_size=2, executor={killed!r})
+                               variant_key="v0", layers=("conv5",), batch_size=2, executor={killed!r}, num_actors=1)
         run_activations(spec, {store_uri!r})
         """
     )
@@ -177,9 +179,9 @@ def test_interrupted_write_leaves_no_manifest(setup, ray_local, tmp_path, killed
     res = run_activations(
         _spec(setup, dataset=data, layers=("conv5",), batch_size=64, executor=rerun), store_uri
     )
-    assert res.rows == 1600 and res.executor == rerun
+    assert res.rows == 640 and res.executor == rerun
     m = store.read_manifest(out_dir)
-    assert m["rows"] == 1600 and not set(stale) & set(m["files"])
+    assert m["rows"] == 640 and not set(stale) & set(m["files"])
     assert sorted(os.listdir(local_dir)) == sorted(["_MANIFEST.json", *m["files"]])
 
 
@@ -220,12 +222,23 @@ def test_auto_executor_is_local_on_one_node_and_ray_data_on_several(monkeypatch)
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     assert choose_executor("auto") == "local"  # Ray not started: the job fits this process
+
+    class Context:  # the driver has no task id; a Ray task or actor (a Tune trial) has one
+        task_id: str | None = None
+
+        def get_task_id(self) -> str | None:
+            return self.task_id
+
+    ctx = Context()
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: ctx)
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": False}])
     assert choose_executor("auto") == "local"
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": True}])
     assert choose_executor("auto") == "ray-data"
     assert choose_executor("local") == "local"  # an explicit setting wins
+    ctx.task_id = "c8ef45ccd0112571ffffffffffffffffffffffff01000000"  # inside a trial: its own resources
+    assert choose_executor("auto") == "local"
 
 
 def test_an_unknown_executor_is_refused_with_the_valid_ones(setup, tmp_path):
