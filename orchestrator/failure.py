@@ -38,7 +38,7 @@ def is_deterministic(exc: BaseException) -> bool:
         return False
     if isinstance(exc, _LASTING_OS):
         return True
-    if isinstance(exc, _TRANSIENT | OSError):
+    if isinstance(exc, (*_TRANSIENT, OSError)):
         return False
     return type(exc).__name__ != "OutOfMemoryError"  # torch's CUDA OOM: another node may have room
 

@@ -128,3 +128,25 @@ def test_a_launch_failing_after_mlflow_marks_the_runs_failed_and_resume_is_allow
     again = _status(spec.store, sid)
     assert again["state"] == "failed" and again["finished"] > st["finished"]
     assert json.loads(json.dumps(again))["reason"] == st["reason"]
+
+
+def test_deterministic_errors_fail_once_and_infrastructure_faults_are_retried():
+    """The rule a trial applies to its error: bad config or data (a retry repeats it) fails the trial
+    once; a lost worker, the network or memory is left to Tune's retries."""
+    import ray.exceptions as rx
+
+    from orchestrator.failure import is_deterministic
+
+    for exc in (
+        ValueError("k=9999 > 256 images"),
+        KeyError("conv9"),
+        FileNotFoundError("w.pt"),
+        TypeError("x"),
+    ):
+        assert is_deterministic(exc), exc
+    wrapped = rx.RayTaskError("attack_trial", "Traceback ...", ValueError("bad")).as_instanceof_cause()
+    assert is_deterministic(wrapped)  # a remote function's own error, wrapped by Ray
+    lost = rx.RayTaskError("attack_trial", "Traceback ...", rx.ActorDiedError()).as_instanceof_cause()
+    for exc in (rx.ActorDiedError(), lost, TimeoutError(), ConnectionResetError(), OSError("EIO"),
+                MemoryError(), KeyboardInterrupt()):  # fmt: skip
+        assert not is_deterministic(exc), exc
