@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED ?= 0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-fast bench lint clean browser
+.PHONY: install demo test test-fast goals bench lint clean browser
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ browser:
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+# The science goals at full size (pretraining accuracy, feature-visualization share): ~15 min.
+goals: install
+	VIZSWEEP_GOALS=1 $(PY) -m pytest -q -m goals
 
 bench: install
 	$(PY) benchmarks/activations.py --quick

@@ -210,10 +210,7 @@ def synthetic_vs_natural(data: str, store_uri: str, steps: int = 512, **pretrain
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not os.environ.get("VIZSWEEP_GOALS"),
-    reason="a goal measurement (16-epoch pretrain + 512-step renders, ~10 min on 2 cores): VIZSWEEP_GOALS=1",
-)
+@pytest.mark.goals  # 16-epoch pretrain + 512-step renders, ~10 min on 2 cores
 def test_synthetic_images_beat_the_best_natural_images(tmp_path):
     """The issue's goal: on the demo model, >= 80 % of conv5 units are driven harder by their synthetic image
     than by their best natural validation image (measured: see the report / test output)."""

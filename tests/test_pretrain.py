@@ -83,6 +83,7 @@ def test_unknown_model_lists_valid_ones():
 
 
 @pytest.mark.slow
+@pytest.mark.goals
 def test_alexnet_mini_reaches_the_accuracy_goal(tmp_path):
     """The goal: >= 85 % val top-1 on the default synthetic set (16 x 300 train, 64 px), about 3 min on 2 CPU cores."""
     from shared.synth import generate
@@ -102,6 +103,7 @@ def test_vgg_mini_pretrains(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.goals
 def test_vgg_mini_reaches_the_accuracy_goal(tmp_path):
     """>= 95 % val top-1 on the default synthetic set with its default 4 epochs (measured with epochs=8:
     99.25 % after 4, 100 % after 6)."""
