@@ -11,13 +11,15 @@ export PYTHONUNBUFFERED := 1
 
 install: $(STAMP)
 
+# --no-compile: byte-compiling every installed file (torch's thousands) took half the install;
+# Python compiles the modules a run imports, once, on first import.
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.lock
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-compile -r requirements.lock
 	@# torchattacks (a test oracle only) pins requests~=2.25 for no reason of ours: without --no-deps it
 	@# would downgrade the requests that MLflow and boto3 need.
-	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps torchattacks==3.5.1
-	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-compile --no-deps torchattacks==3.5.1
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-compile --no-deps --no-build-isolation -e .
 	@touch $@
 
 demo: install
