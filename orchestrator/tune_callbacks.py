@@ -7,6 +7,7 @@ with ``orchestrator.progress``).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -16,6 +17,23 @@ from ray.tune.stopper import Stopper
 from orchestrator.status import stop_requested
 
 LISTENER: Callable[[str, str, dict | None], None] | None = None  # set by orchestrator.progress.SweepProgress
+
+
+class _DropTrialTracebacks(logging.Filter):
+    """Tune logs a whole traceback for every failed trial attempt (a lost worker's ActorDiedError
+    too, although the trial recovers); the sweep prints one line per failure or retry instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith("Trial task failed") or msg.startswith("Trials did not complete"))
+
+
+def quiet_trial_errors() -> None:
+    """Install :class:`_DropTrialTracebacks` on the two Tune loggers that print them (once)."""
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropTrialTracebacks) for f in log.filters):
+            log.addFilter(_DropTrialTracebacks())
 
 
 def _relay(kind: str, trial, result: dict | None = None) -> None:

@@ -169,7 +169,9 @@ def _held(path: Path, attack: str) -> bool:
     return Path(f"{path}.{attack}.held").exists()
 
 
-def test_multi_node_trials_spread_and_a_lost_node_continues_from_its_checkpoint(root, tmp_path, monkeypatch):
+def test_multi_node_trials_spread_and_a_lost_node_continues_from_its_checkpoint(
+    root, tmp_path, monkeypatch, capfd
+):
     import ray
     from ray.cluster_utils import Cluster
 
@@ -213,6 +215,9 @@ def test_multi_node_trials_spread_and_a_lost_node_continues_from_its_checkpoint(
         assert int(hit.data.tags["vizsweep.attempts"]) >= 2
         assert int(hit.data.tags["vizsweep.resumed_from_step"]) > 0  # continued, not restarted
         assert hit.data.tags["vizsweep.node"] != victim_node
+        err = capfd.readouterr().err  # the retry is one line, not Tune's traceback of the lost worker
+        assert "lost its worker or node" in err and "push-down" in err, err[-3000:]
+        assert "Trial task failed" not in err and "ActorDiedError" not in err, err[-3000:]
         for run_id, r in runs.items():
             assert r.info.status == "FINISHED"
             _assert_no_duplicate_steps(tracking, r)

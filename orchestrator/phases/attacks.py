@@ -50,8 +50,9 @@ def run_trials(spec, sid, todo: list[TrialPlan], tracking_uri, experiment_id, pa
 
     from orchestrator.alpha_scheduler import AlphaScheduler, get_or_create_board
     from orchestrator.trial import TrialContext, attack_trial
-    from orchestrator.tune_callbacks import StopRequest
+    from orchestrator.tune_callbacks import StopRequest, quiet_trial_errors
 
+    quiet_trial_errors()
     sdir = sweep_dir(spec.store, sid)
     board = get_or_create_board(sid, store.join(sdir, "alpha"))
     ray.get(board.history.remote("warm-up"))  # the board is up before the first trial asks it
