@@ -176,27 +176,30 @@ def commit_counted(
 def _predict_local(
     dataset: str, split: str, model: str, weights: str, device: str, batch_size: int, progress: Progress
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """:func:`_predict` in this process: read, decode and classify the split batch by batch."""
+    """:func:`_predict` in this process: the same :class:`_Predictor` called on each batch in turn."""
     import torch
 
-    from jobs import activation_parts as parts
     from jobs.activations_local import encoded, record_batches
-    from shared.dataset_meta import split_size
     from shared.models.zoo import model_info
 
-    pre = model_info(model).preprocess
-    net, dev = parts.load_model(model, weights, device)
+    predict = _Predictor(model, weights, device, torch.get_num_threads(), store.current_s3(),
+                         model_info(model).preprocess)  # fmt: skip
+    batches = (predict(encoded(t)) for t in record_batches(dataset, split, batch_size, None))
+    return _collect(batches, dataset, split, progress)
+
+
+def _collect(batches, dataset: str, split: str, progress: Progress) -> tuple[np.ndarray, np.ndarray, int]:
+    """(predictions, labels) of the readable images and the count of unreadable ones, from
+    :class:`_Predictor` outputs, with progress over the split."""
+    from shared.dataset_meta import split_size
+
     total = split_size(dataset, split)
     preds, labels = [], []
     corrupt = seen = 0
-    for t in record_batches(dataset, split, batch_size, None):
-        batch = parts.decode(encoded(t), pre)
-        ok = np.asarray(batch["ok"], dtype=bool)
-        if ok.any():
-            x = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok])).to(dev)
-            with torch.inference_mode():
-                preds.append(net(x).argmax(dim=1).cpu().numpy())
-            labels.append(np.asarray(batch["label"], dtype=np.int64)[ok])
+    for b in batches:
+        ok = np.asarray(b["ok"], dtype=bool)
+        preds.append(b["pred"][ok])
+        labels.append(b["label"][ok])
         corrupt += int((~ok).sum())
         seen += len(ok)
         progress(seen, total, phase="accuracy", split=split)
@@ -219,7 +222,6 @@ def _predict(
     import ray
 
     from jobs.raysetup import cpu_actor_pool, free_gpus
-    from shared.dataset_meta import split_size
     from shared.datasets import read_records
     from shared.models.zoo import model_info
 
@@ -245,16 +247,4 @@ def _predict(
             _Predictor, fn_constructor_kwargs={**args, "threads": 1, "pre": pre}, compute=pool,
             batch_size=batch_size, batch_format="numpy", num_cpus=cpus_each,
         )  # fmt: skip
-    total = split_size(dataset, split)
-    preds, labels = [], []
-    corrupt = seen = 0
-    for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        ok = np.asarray(b["ok"], dtype=bool)
-        preds.append(b["pred"][ok])
-        labels.append(b["label"][ok])
-        corrupt += int((~ok).sum())
-        seen += len(ok)
-        progress(seen, total, phase="accuracy", split=split)
-    if not preds:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), corrupt
-    return np.concatenate(preds), np.concatenate(labels), corrupt
+    return _collect(ds.iter_batches(batch_size=None, batch_format="numpy"), dataset, split, progress)

@@ -21,7 +21,8 @@ TAG_FAILURE = "vizsweep.failure"
 
 
 # Faults of the machine or the cluster, not of the trial's inputs: retried (Tune's max_failures).
-_TRANSIENT = (TimeoutError, ConnectionError, MemoryError)
+# OSError covers TimeoutError and ConnectionError.
+_TRANSIENT = (OSError, MemoryError)
 # OSErrors that a retry cannot fix: a missing or unreadable file stays so.
 _LASTING_OS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
@@ -38,7 +39,7 @@ def is_deterministic(exc: BaseException) -> bool:
         return False
     if isinstance(exc, _LASTING_OS):
         return True
-    if isinstance(exc, (*_TRANSIENT, OSError)):
+    if isinstance(exc, _TRANSIENT):
         return False
     return type(exc).__name__ != "OutOfMemoryError"  # torch's CUDA OOM: another node may have room
 

@@ -380,6 +380,7 @@ class TrialRun:
 
     @staticmethod
     def _find(tracking_uri: str, experiment_id: str, parent_run_id: str, trial_key: str) -> Run | None:
+        """The trial's run under ``parent_run_id`` (found by its ``trial_key`` tag), or None."""
         flt = (
             f"tags.`{TAG_PARENT}` = {_quote(parent_run_id)} AND tags.`{TAG_TRIAL_KEY}` = {_quote(trial_key)}"
         )
@@ -414,12 +415,8 @@ class TrialRun:
         c = client(tracking_uri)
         tags_ = {**safe_tags(tags), TAG_PARENT: parent_run_id, TAG_TRIAL_KEY: trial_key, TAG_ROLE: "trial"}
         params_ = safe_params(params)
-        flt = (
-            f"tags.`{TAG_PARENT}` = {_quote(parent_run_id)} AND tags.`{TAG_TRIAL_KEY}` = {_quote(trial_key)}"
-        )
-        found = _search_all(c, [experiment_id], flt)
-        if found:
-            run = found[0]
+        run = cls._find(tracking_uri, experiment_id, parent_run_id, trial_key)
+        if run is not None:
             c.update_run(run.info.run_id, status="RUNNING")
             _reopen_log(c, run, params_, tags_)
         else:
