@@ -258,15 +258,17 @@ def cmd_report(store_uri: str, sweep_id: str, fmt: str) -> int:
 def cmd_ui(store_uri: str, sweep_id: str, port: int = 5000, host: str = "127.0.0.1") -> int:
     """MLflow's UI on the sweep's tracking store: the URLs once it answers, all of it ended on exit."""
     from orchestrator import uiserver
-    from orchestrator.tracking import compare_url, find_child_runs, runs_url
+    from orchestrator.mlflow_view import runs_view_url, share_sweep_view
+    from orchestrator.tracking import compare_url, find_child_runs
 
     d = find_sweep(store_uri, sweep_id)
     status = store.read_json(store.join(d, "status.json"))
     uri, experiment = status["tracking_uri"], status["experiment_id"]
     runs = [r.info.run_id for r in find_child_runs(uri, sweep_id)]
+    share_sweep_view(uri, experiment, sweep_id)  # a sweep of an older vizsweep gets its view too
 
     def urls(base: str) -> str:
-        return (f"runs of this sweep: {runs_url(base, experiment, sweep_id)}\n"
+        return (f"runs of this sweep: {runs_view_url(base, experiment, sweep_id)}\n"
                 f"compare them:      {compare_url(base, experiment, runs)}")  # fmt: skip
 
     if uri.startswith("http"):  # a shared server is already up: nothing to start

@@ -22,6 +22,7 @@ from typing import Any
 
 from jobs.raysetup import ensure_ray
 from orchestrator.failure import mark_launch_failed
+from orchestrator.mlflow_view import share_sweep_view
 from orchestrator.phases.attacks import log_stored, run_trials
 from orchestrator.phases.prepare import prepare
 from orchestrator.phases.tables import initial_tables
@@ -142,6 +143,7 @@ def _launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None
     if stop_requested(sdir):  # `vizsweep stop`: unfinished trials keep their checkpoints
         state, reason = "stopped", f"stopped by `vizsweep stop`; continue with: vizsweep resume {sid}"
         acknowledge_stop(sdir)
+    share_sweep_view(tracking_uri, experiment_id, sid)  # the runs table MLflow's UI opens on
     tracker.finish_parent(sid, {"failed": "FAILED", "stopped": "KILLED"}.get(state, "FINISHED"))
     write_status(sdir, state=state, failed=failed, stopped=stopped, finished=time.time(), reason=reason)
     return SweepResult(sid, tracking_uri, experiment_id, parent, len(plans), len(todo), len(done),

@@ -80,18 +80,6 @@ def compare_url(server_uri: str, experiment_id: str, run_ids: Iterable[str]) -> 
     )
 
 
-def runs_url(server_uri: str, experiment_id: str, sweep_id: str | None = None) -> str:
-    """The MLflow UI's runs table of an experiment, filtered to one sweep's runs when given.
-
-    The table keeps its state in the fragment's query (``searchFilter``); the filter matches the
-    tag every run of a sweep carries, parent and trials alike.
-    """
-    url = f"{server_uri.rstrip('/')}/#/experiments/{quote(str(experiment_id), safe='')}/runs"
-    if sweep_id:
-        url += "?searchFilter=" + quote(f"tags.`{TAG_SWEEP}` = {_quote(sweep_id)}", safe="")
-    return url
-
-
 # --------------------------------------------------------------------------- redaction
 
 _SECRET_KEY = re.compile(r"secret|password|token|access_key|credential", re.IGNORECASE)
@@ -191,7 +179,7 @@ def _default_artifact_location(tracking_uri: str) -> str | None:
     return "file://" + os.path.join(os.path.dirname(db), "mlartifacts")
 
 
-def _quote(value: str) -> str:
+def search_literal(value: str) -> str:
     """A string literal for an MLflow search filter."""
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -251,12 +239,12 @@ def _now_ms() -> int:
 
 
 def _find_parents(c: MlflowClient, sweep_id: str, experiment_ids: list[str]) -> list[Run]:
-    flt = f"tags.`{TAG_SWEEP}` = {_quote(sweep_id)} AND tags.`{TAG_ROLE}` = 'sweep'"
+    flt = f"tags.`{TAG_SWEEP}` = {search_literal(sweep_id)} AND tags.`{TAG_ROLE}` = 'sweep'"
     return _search_all(c, experiment_ids, flt) if experiment_ids else []
 
 
 def _children(c: MlflowClient, parent: Run, extra: str = "") -> list[Run]:
-    flt = f"tags.`{TAG_PARENT}` = {_quote(parent.info.run_id)}" + (f" AND {extra}" if extra else "")
+    flt = f"tags.`{TAG_PARENT}` = {search_literal(parent.info.run_id)}" + (f" AND {extra}" if extra else "")
     return _search_all(c, [parent.info.experiment_id], flt)
 
 
@@ -272,7 +260,7 @@ def find_child_runs(tracking_uri: str, sweep_id: str, status: str | None = None)
     parent = find_parent_run(tracking_uri, sweep_id)
     if parent is None:
         return []
-    extra = f"attributes.status = {_quote(status)}" if status else ""
+    extra = f"attributes.status = {search_literal(status)}" if status else ""
     return _children(client(tracking_uri), parent, extra)
 
 
@@ -381,9 +369,7 @@ class TrialRun:
     @staticmethod
     def _find(tracking_uri: str, experiment_id: str, parent_run_id: str, trial_key: str) -> Run | None:
         """The trial's run under ``parent_run_id`` (found by its ``trial_key`` tag), or None."""
-        flt = (
-            f"tags.`{TAG_PARENT}` = {_quote(parent_run_id)} AND tags.`{TAG_TRIAL_KEY}` = {_quote(trial_key)}"
-        )
+        flt = f"tags.`{TAG_PARENT}` = {search_literal(parent_run_id)} AND tags.`{TAG_TRIAL_KEY}` = {search_literal(trial_key)}"
         found = _search_all(client(tracking_uri), [experiment_id], flt)
         return found[0] if found else None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -119,14 +121,62 @@ def _read_until(q: queue.Queue, prefix: str, timeout: float, seen: list[str]) ->
             raise AssertionError(f"no {prefix!r} line in {timeout} s; output: {''.join(seen)}")
 
 
+def _experiment_tags(base: str, experiment_id: str) -> dict[str, str]:
+    url = f"{base}/api/2.0/mlflow/experiments/get?experiment_id={experiment_id}"
+    with urllib.request.urlopen(url, timeout=60) as r:
+        return {t["key"]: t["value"] for t in json.loads(r.read())["experiment"].get("tags", [])}
+
+
+def _landing_page_shows_every_run(url: str, runs: list, tmp_path: Path) -> None:
+    """The first page `vizsweep ui` prints, in headless Chromium: every trial is a row of the runs
+    table (no click to expand its parent) with its model, layer, attack, CLIP-δ and Kendall-τ."""
+    from tests.services import chromium_binary, chromium_dump_dom
+
+    try:
+        chromium_binary()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    out = Path(os.environ.get("VIZSWEEP_TEST_ARTIFACTS", tmp_path)) / "mlflow-landing.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dom = chromium_dump_dom(url, out_png=out)
+    out.with_suffix(".html").write_text(dom)
+    assert "Model training" in dom  # the runs table, not MLflow 3's GenAI overview
+    rows = _grid_rows(dom)
+    for name, params, metrics in runs:
+        row = next((r for r in rows if name in r), None)
+        assert row is not None, f"run {name!r} is not a row of the landing page; rows: {rows}"
+        for value in (
+            params["model"],
+            params["layer"],
+            params["attack"],
+            *(str(v) for v in metrics.values()),
+        ):
+            assert value in row, f"{value!r} not shown in {name}'s row: {row!r}"
+    assert out.stat().st_size > 10_000
+
+
+def _grid_rows(dom: str) -> list[str]:
+    """The text of each row of the runs table. ag-grid draws a row in two containers (the pinned
+    run-name column and the scrolled columns), each with the row's ``row-id``: joined by it."""
+    rows: dict[str, str] = {}
+    for part in re.split(r"<div(?=[^>]*role=\"row\")", dom)[1:]:
+        found = re.search(r'row-id="([^"]+)"', part.split(">", 1)[0])
+        text = " ".join(unescape(re.sub(r"<[^>]+>", " ", part.split(">", 1)[1])).split())
+        key = found.group(1) if found else f"header-{len(rows)}"
+        rows[key] = f"{rows.get(key, '')} {text}".strip()
+    return list(rows.values())
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
 def test_ui_answers_before_its_url_and_leaves_nothing_after_sigterm(tmp_path):
     from tests.sweep_store import SWEEP, write_sweep
 
     params = {"model": "alexnet_mini", "layer": "conv5", "attack": "finetune", "seed": 0}
-    status = write_sweep(tmp_path / "store", [("run-a", params, {"clip_delta": 0.1}),
-                                              ("run-b", {**params, "seed": 1}, {"clip_delta": 0.2})])  # fmt: skip
+    runs = [("run-a", params, {"train.clip_delta": 0.1234, "train.kendall_tau": 0.8765}),
+            ("run-b", {**params, "layer": "conv3", "attack": "push-down"},
+             {"train.clip_delta": 0.4321, "train.kendall_tau": 0.5678})]  # fmt: skip
+    status = write_sweep(tmp_path / "store", runs)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "orchestrator.cli", "ui", SWEEP, "--store", str(tmp_path / "store"),
@@ -139,18 +189,20 @@ def test_ui_answers_before_its_url_and_leaves_nothing_after_sigterm(tmp_path):
         runs_url = _read_until(q, "runs of this sweep:", 300, seen)
         compare = _read_until(q, "compare them:", 10, seen)
         base = f"http://127.0.0.1:{port}"
-        assert runs_url.startswith(f"{base}/#/experiments/{status['experiment_id']}/runs?searchFilter=")
+        assert runs_url.startswith(f"{base}/#/experiments/{status['experiment_id']}/runs?viewStateShareKey=")
         assert compare.startswith(f"{base}/#/compare-runs?runs=")
         with urllib.request.urlopen(runs_url, timeout=60) as r:  # answers at once: no retry here
             assert r.status == 200 and b"<html" in r.read().lower()
-        # the table's filter is valid MLflow search syntax and finds the sweep's runs (parent + 2)
-        flt = urllib.parse.unquote(runs_url.split("searchFilter=", 1)[1])
+        # the shared view's filter is valid MLflow search syntax and finds the sweep's runs (parent + 2)
+        key = urllib.parse.unquote(runs_url.split("viewStateShareKey=")[1].split("&")[0])
+        view = json.loads(_experiment_tags(base, status["experiment_id"])["mlflow.sharedViewState." + key])
         req = urllib.request.Request(
             f"{base}/api/2.0/mlflow/runs/search", method="POST", headers={"Content-Type": "application/json"},
-            data=json.dumps({"experiment_ids": [status["experiment_id"]], "filter": flt}).encode(),
+            data=json.dumps({"experiment_ids": [status["experiment_id"]], "filter": view["searchFilter"]}).encode(),
         )  # fmt: skip
         with urllib.request.urlopen(req, timeout=60) as r:
             assert len(json.loads(r.read())["runs"]) == 3
+        _landing_page_shows_every_run(runs_url, runs, tmp_path)
         recorded = _tree(proc.pid)
         assert len(recorded) >= 2, f"no MLflow process under vizsweep ui: {recorded}"
         proc.send_signal(signal.SIGTERM)  # to vizsweep only: ending its tree is its job
