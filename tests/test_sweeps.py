@@ -16,6 +16,7 @@ import pytest
 from orchestrator.spec import load_spec
 from shared.attacks.featureviz import FeatureViz
 from tests.services import wait_until
+from tests.test_quiet import LOGGER_LINE
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -276,6 +277,8 @@ def test_driver_sigkill_then_resume_finishes_only_the_unfinished(tmp_path, root)
     rc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", sid, "--store", spec.store],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)  # fmt: skip
     assert rc.returncode == 0, rc.stdout[-3000:] + rc.stderr[-3000:]
+    noise = [x for x in (rc.stdout + rc.stderr).splitlines() if LOGGER_LINE.search(x)]
+    assert noise == [], f"a sweep's output has lines of Ray's or MLflow's loggers: {noise}"
     runs = _runs(spec.tracking_uri, sid)
     states = {r.info.run_name: (r.info.status, r.data.tags.get("vizsweep.status")) for r in runs}
     assert len(runs) == 3 and all(s == "FINISHED" for s, _ in states.values()), (
@@ -434,6 +437,7 @@ def test_a_family_defined_outside_the_project_runs_end_to_end(tmp_path, root):
     out = launched.stdout + launched.stderr
     assert launched.returncode == 1, out[-3000:]
     assert "Traceback" not in out and "(bad input: not retried)" in out, out[-3000:]
+    assert [x for x in out.splitlines() if LOGGER_LINE.search(x)] == [], out[-3000:]  # what `make demo` runs
     (line,) = [x for x in out.splitlines() if "bad input" in x]
     assert "ValueError" in line, line
     spec = load_spec(str(path))
