@@ -333,6 +333,9 @@ class SweepTracker:
         if run is None:
             raise LookupError(f"sweep {sweep_id!r} has no parent run in experiment {self.experiment_id}")
         self.client.set_terminated(run.info.run_id, status)
+        if status == KILLED:  # `vizsweep stop`: the unfinished trials read "killed", not "running"
+            for child in _children(self.client, run, "attributes.status = 'RUNNING'"):
+                self.client.set_terminated(child.info.run_id, KILLED)
 
     def children(self, sweep_id: str) -> list[Run]:
         run = self.find(sweep_id)

@@ -11,7 +11,7 @@ from typing import Any
 
 from orchestrator.plan import TrialPlan, stored_result
 from orchestrator.resources import concurrency, gpus_per_trial
-from orchestrator.status import TUNE_DIR, stop_requested, sweep_dir
+from orchestrator.status import TUNE_DIR, sweep_dir
 from orchestrator.tracking import TrialRun, find_child_runs
 from orchestrator.trial import finish_run
 from shared import store
@@ -93,10 +93,11 @@ def run_trials(spec, sid, todo: list[TrialPlan], tracking_uri, experiment_id, pa
             failed.append(name)
         elif (r.metrics or {}).get("stopped_budget"):
             stopped.append(name)
-    if not stop_requested(sdir):
-        # Finished: the next launch or resume plans afresh from the store (a trial that failed on its
-        # input ended normally in Tune's eyes, and a restore would not run it again).
-        store.delete(store.join(sdir, TUNE_DIR))
+    # Ended (finished or stopped by `vizsweep stop`): the next launch or resume plans afresh from the
+    # store, each unfinished trial from its own checkpoint. Tune's restore is for a driver that died:
+    # Tune records trials it stopped, and trials that failed on their input, as ended, and would not
+    # run them again.
+    store.delete(store.join(sdir, TUNE_DIR))
     return failed, stopped
 
 
