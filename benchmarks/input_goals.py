@@ -40,7 +40,7 @@ def run(name: str, args, base, store_uri: str) -> dict:
     s = args.settings
     raw = {"name": name, "interpreter": args.interpreter, "images": s["images"], "picture_images": 4,
            "eps": args.eps, "steps": s["steps"], "joint_steps": s["joint_steps"], "cw_steps": s["cw_steps"],
-           "seed": 0}  # fmt: skip
+           "image_seed": 0}  # fmt: skip
     entry = fam.config.model_validate(raw)
     job = TrialJob(
         attack=name, config=fam.job_config(entry), dataset=args.data, model=MODEL, weights=base.model_uri,

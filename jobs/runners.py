@@ -301,7 +301,7 @@ class InputRunner(Runner):
             dataset=job.dataset, model=job.model, weights=job.weights, model_key=job.start_key or job.variant_key,
             attack=job.attack, params=perturbation_args(job.attack, c), interpreter=c["interpreter"],
             layer=job.layers[0], images=int(c["images"]), target=c["target"],
-            seed=job.seed if c.get("seed") is None else int(c["seed"]), split=job.val_split,
+            seed=job.seed if c.get("image_seed") is None else int(c["image_seed"]), split=job.val_split,
             picture_images=int(c["picture_images"]), formula=c.get("formula", ""), batch_size=int(c["batch_size"]),
         )  # fmt: skip
 

@@ -58,7 +58,7 @@ class InputAttack(AttackConfig):
     topk_percent: float = Field(TOPK_PERCENT, gt=0, le=100)  # top-k % regions (IoU; PSE's CAM regions)
     images: int = Field(100, ge=1, le=MAX_IMAGES)  # validation images attacked (all when fewer)
     target: int | Literal["random"] = "random"  # target class, or one per image ≠ its label
-    seed: int | None = None  # images and random targets; null: the trial's seed (the sweep's seeds)
+    image_seed: int | None = None  # draws the images and random targets; null: the trial's seed
     picture_images: int = Field(4, ge=0)  # images in the maps / regions picture
     batch_size: int = Field(16, ge=1)  # images per batch (execution only: results do not depend on it)
 
@@ -139,7 +139,7 @@ class InputAttacks(AttackFamily):
 
     @classmethod
     def job_config(cls, entry: InputAttack) -> dict[str, Any]:
-        keep = ("interpreter", "layer", "images", "target", "seed", "picture_images", "batch_size")
+        keep = ("interpreter", "layer", "images", "target", "image_seed", "picture_images", "batch_size")
         keep += tuple(PARAMS[entry.name])  # the perturbation's own settings (perturbation_args)
         out = {k: v for k, v in entry.model_dump(mode="json").items() if k in keep}
         out["formula"] = get_perturbation(entry.name).formula  # the rule used, logged as a run param
