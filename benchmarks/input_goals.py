@@ -62,7 +62,9 @@ def run(name: str, args, base, store_uri: str) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", default="/tmp/vz-saliency", help="data and store (shared with saliency_goals.py)")
+    p.add_argument(
+        "--root", default="/tmp/vz-saliency", help="data and store (shared with saliency_goals.py)"
+    )
     p.add_argument("--quick", action="store_true", help="fewer images and steps (a smoke run)")
     p.add_argument("--interpreter", default="gradcam")
     p.add_argument("--attacks", default="pgd,adv2,pse")
@@ -95,7 +97,9 @@ def main() -> None:
         goals["adv2_success>=0.9"] = by["adv2"]["success"] >= 0.9
         if "pgd" in by:
             goals["adv2_map_l1<=0.7*pgd"] = by["adv2"]["map_l1"] <= 0.7 * by["pgd"]["map_l1"]
-    print(json.dumps({"model": MODEL, "eps": args.eps, "settings": args.settings, "goals": goals, "rows": rows}))
+    print(
+        json.dumps({"model": MODEL, "eps": args.eps, "settings": args.settings, "goals": goals, "rows": rows})
+    )
 
 
 if __name__ == "__main__":

@@ -123,7 +123,9 @@ def run_input_attack(spec: InputAttackSpec, store_uri: str) -> InputAttackResult
     return InputAttackResult(out, summary, store.join(out, "images.parquet"), pics, False, time.time() - t0)
 
 
-def _images(spec: InputAttackSpec, model, device) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
+def _images(
+    spec: InputAttackSpec, model, device
+) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
     """The attacked images in [0, 1] pixels, their labels and targets (a fixed target skips its own class)."""
     ids, pixels, labels = split_images(spec.dataset, spec.split, spec.model, spec.images, spec.seed)
     pre = model_info(spec.model).preprocess
@@ -174,9 +176,11 @@ def _pictures(spec, victim, x, labels, targets, shown, device) -> dict[str, byte
     xb, yb, tb = x[:n].to(device), labels[:n].to(device), targets[:n].to(device)
     title = f"{spec.model}: {spec.attack} on {spec.interpreter} maps (model {spec.model_key})"
     if "region_kind" in shown:
-        return {"pse_regions.png": regions_picture(
-            victim, xb, yb, tb, shown, spec.params["grid"], title, spec.params["topk_percent"]
-        )}
+        return {
+            "pse_regions.png": regions_picture(
+                victim, xb, yb, tb, shown, spec.params["grid"], title, spec.params["topk_percent"]
+            )
+        }
     return {"maps.png": maps_picture(victim, xb, yb, tb, shown, title)}
 
 

@@ -51,9 +51,11 @@ def maps_picture(
     """Benign / PGD / Adv² maps side by side (the PGD column: the attack's own, or Adv²'s stage 1)."""
     plt = _plt()
     n = len(x)
-    advs = [("PGD", shown["stage1_adv"]), ("Adv²", shown["adv"])] if "stage1_adv" in shown else [
-        ("PGD", shown["adv"])
-    ]
+    advs = (
+        [("PGD", shown["stage1_adv"]), ("Adv²", shown["adv"])]
+        if "stage1_adv" in shown
+        else [("PGD", shown["adv"])]
+    )
     benign = victim.maps(x, y).cpu()
     cols = 2 + 2 * len(advs)
     fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols, 1.6 * n), squeeze=False)
@@ -111,7 +113,9 @@ def regions_picture(
             ax = axes[r][1 + j]
             ax.imshow(_img(img[r]))
             ax.imshow(cam[r].cpu().numpy(), cmap="gray", alpha=0.5, vmin=0, vmax=1)
-            ax.imshow(pixel_kind, cmap=cmap, alpha=0.35, vmin=-0.5, vmax=len(KINDS) - 0.5, interpolation="nearest")
+            ax.imshow(
+                pixel_kind, cmap=cmap, alpha=0.35, vmin=-0.5, vmax=len(KINDS) - 0.5, interpolation="nearest"
+            )
             mask = topk_mask(cam[r : r + 1], topk_percent / 100)[0].cpu().float().numpy()
             ax.contour(mask, levels=[0.5], colors="white", linewidths=0.6)
             if r == 0:

@@ -153,9 +153,7 @@ def split_images(
     arrays = [decode_image(raw[i], pre) for i in ids]
     keep = [i for i, a in enumerate(arrays) if a is not None]
     if not keep:
-        raise ValueError(
-            f"none of the {len(ids)} test images of split {split!r} of {dataset} decodes"
-        )
+        raise ValueError(f"none of the {len(ids)} test images of split {split!r} of {dataset} decodes")
     pixels = torch.from_numpy(np.stack([arrays[i] for i in keep]))
     labels = torch.from_numpy(all_labels[pick][keep].astype(np.int64))
     return [ids[i] for i in keep], pixels, labels

@@ -84,7 +84,9 @@ def test_start_models_come_from_the_dependencies_outcomes(tmp_path, monkeypatch)
     from orchestrator import plan as plan_mod
 
     spec = _mixed(tmp_path, seeds=(0,))
-    prep = plan_mod.Prepared("/d", "ds", (plan_mod.Variant("vgg_mini", "/w.pt", "v0", "v0"),), "reference:/r.pt")
+    prep = plan_mod.Prepared(
+        "/d", "ds", (plan_mod.Variant("vgg_mini", "/w.pt", "v0", "v0"),), "reference:/r.pt"
+    )
     plans = plan_mod.plan_trials(spec, prep)
     later = [p for p in plans if p.after]
     trained = {later[0].after[0]}  # one push-down trial finished, the other did not
@@ -104,7 +106,11 @@ def test_plan_counts_input_trials_with_gpu_hours(tmp_path):
 
     spec = _mixed(tmp_path, seeds=(0,))
     est = estimate(spec)
-    assert est["trials"]["total"] == 6 and est["trials"]["per_attack"] == {"push-down": 2, "adv2": 3, "pgd": 1}
+    assert est["trials"]["total"] == 6 and est["trials"]["per_attack"] == {
+        "push-down": 2,
+        "adv2": 3,
+        "pgd": 1,
+    }
     fewer = estimate(load_spec(_spec(tmp_path, [{"name": "push-down", "k": 5, "decoy_images": 10},
                                                 {"name": "pgd", "images": 20}], layers=["conv3", "conv4"])))  # fmt: skip
     more = estimate(load_spec(_spec(tmp_path, [{"name": "push-down", "k": 5, "decoy_images": 10},

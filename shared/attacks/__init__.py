@@ -6,7 +6,8 @@ Importing this package registers the built-in families (``featureviz``: the thes
 
 from shared.attacks import featureviz as _featureviz  # noqa: F401  (registers the thesis's family)
 from shared.attacks import saliency as _saliency  # noqa: F401  (registers Heo et al.'s family)
-from shared.attacks import input_attacks as _input_attacks  # noqa: F401  (registers Adv² / PSE's family)
+
+from shared.attacks import input_attacks as _input_attacks  # noqa: F401  # isort: skip  (registered third: report order)
 from shared.attacks.base import (
     ATTACKS,
     SETS,

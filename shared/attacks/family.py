@@ -61,7 +61,9 @@ class AttackFamily:
     report_columns: ClassVar[tuple[str, ...]] = ()  # metric names shown in the report, in order
     needs_tables: ClassVar[bool] = True  # trials start from the sweep layers' initial activation tables
     step_cost: ClassVar[float] = 1.0  # a training step's cost in plain training steps (`vizsweep plan`)
-    trains_model: ClassVar[bool] = True  # trials fine-tune a model (others may start from it); else no training
+    trains_model: ClassVar[bool] = (
+        True  # trials fine-tune a model (others may start from it); else no training
+    )
 
     @classmethod
     def scopes(cls, entry: AttackConfig, layers: Sequence[str]) -> tuple[tuple[str, ...], ...]:
@@ -175,7 +177,9 @@ def attack_order(attack: str) -> tuple[int, int]:
     return (len(ordered), 0)
 
 
-def starting_models(entry: AttackConfig, attacks: Sequence[AttackConfig], model: str, layers: Sequence[str]) -> int:
+def starting_models(
+    entry: AttackConfig, attacks: Sequence[AttackConfig], model: str, layers: Sequence[str]
+) -> int:
     """Per seed and layer scope of ``entry`` on ``model``: how many models its trials start from (one per
     source: the variant, or each trial of a named attack on that model); trial counts multiply by it."""
     n = 0

@@ -11,7 +11,7 @@ those trials (:meth:`AttackFamily.starts_from`); the family trains nothing.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -200,7 +200,10 @@ class InputAttacks(AttackFamily):
     def report_rows(cls, params: Mapping[str, str], metrics: Mapping[str, float]) -> list[dict[str, Any]]:
         """One row per run: the model attacked (base or a trial's model), success and map distances;
         PSE: its region shares over the image and inside the true / target classes' CAM regions."""
-        row: dict[str, Any] = {"family": cls.name, **{k: params.get(k) for k in ("model", "prune_method", "attack")}}
+        row: dict[str, Any] = {
+            "family": cls.name,
+            **{k: params.get(k) for k in ("model", "prune_method", "attack")},
+        }
         rate = params.get("prune_rate")
         row["prune_rate"] = float(rate) if rate not in (None, "") else None
         row["interpreter"] = params.get("interpreter")
@@ -229,7 +232,11 @@ class InputAttacks(AttackFamily):
                          _num(r["stage1_map_l1"]), "—" if r["images"] is None else f"{r['images']:.0f}"]  # fmt: skip
                 lines.append("| " + " | ".join(cells) + " |")
         if pse:
-            lines += ["", "PSE regions (% of grid regions; % of the true / target class's CAM region):", ""] if maps else []
+            lines += (
+                ["", "PSE regions (% of grid regions; % of the true / target class's CAM region):", ""]
+                if maps
+                else []
+            )
             kinds = KINDS[:3]
             head = ["Model", "Prune", "Attacked model", "Interpreter", "Success %",
                     *(f"{k} %" for k in kinds), *(f"{k} in true CAM %" for k in kinds),
@@ -272,4 +279,3 @@ class Adv2Attack(_InputAttack):
 @register_attack("pse")
 class PSEAttack(_InputAttack):
     """PSE (Xu et al.): targeted C&W, then promotion / suppression per grid region and inside the CAMs."""
-
