@@ -147,10 +147,10 @@ def plan_trial(
         "prune_priority": v.prune_priority,
     }  # fmt: skip
     if after is not None:  # the model attacked: another trial's
-        params |= {"on": after.params["attack"], "on_label": f"{after.params['attack']} {after.params['layer']}",
-                   "on_run": after.run_name, "on_trial_key": after.trial_key, "weights": after.run_name}  # fmt: skip
-    elif BASE in fam.starts_from(entry) and fam.starts_from(entry) != (BASE,):
-        params["on"] = BASE
+        params |= {"start": after.params["attack"], "start_label": f"{after.params['attack']} {after.params['layer']}",
+                   "start_run": after.run_name, "start_trial_key": after.trial_key, "weights": after.run_name}  # fmt: skip
+    elif fam.starts_from(entry) != (BASE,):
+        params["start"] = BASE
     return TrialPlan(
         trial_key=trial_key, run_name=run_name, job=job.to_dict(), attack_key=akey, params=params,
         alpha=_plain(spec.alpha), alpha_controlled=fam.alpha_controlled(entry), family=fam.name,

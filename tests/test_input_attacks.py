@@ -31,8 +31,12 @@ def _spec(tmp_path, attacks, **over) -> dict:
         ({"name": "pgd", "eps": 0}, "attacks[0].eps", "outside (0, 1]"),
         ({"name": "adv2", "eps": 1.5}, "attacks[0].eps", "outside (0, 1]"),
         ({"name": "adv2", "interpreter": "gradkam"}, "attacks[0].interpreter", "valid interpreters: gradcam"),
-        ({"name": "pse", "on": ["push-down"]}, "attacks[0].on", "not an attack of this sweep; valid: base"),
-        ({"name": "pgd", "on": ["base", "base"]}, "attacks[0].on", "names a model twice"),
+        (
+            {"name": "pse", "victims": ["push-down"]},
+            "attacks[0].victims",
+            "not an attack of this sweep; valid: base",
+        ),
+        ({"name": "pgd", "victims": ["base", "base"]}, "attacks[0].victims", "names a model twice"),
         ({"name": "pgd", "layer": "conv9"}, "attacks[0].layer", "valid aliases"),
         ({"name": "pgd", "images": 0}, "attacks[0].images", "must be >= 1"),
     ],
@@ -45,15 +49,15 @@ def test_bad_input_attack_entries_are_spec_errors(tmp_path, entry, field, hint):
 
 
 def test_on_must_name_an_attack_that_trains_a_model(tmp_path):
-    attacks = [{"name": "pgd"}, {"name": "adv2", "on": ["pgd"]}]
+    attacks = [{"name": "pgd"}, {"name": "adv2", "victims": ["pgd"]}]
     with pytest.raises(SpecError) as err:
         load_spec(_spec(tmp_path, attacks))
-    assert "attacks[1].on" in str(err.value) and "makes no model to attack" in str(err.value)
+    assert "attacks[1].victims" in str(err.value) and "makes no model to attack" in str(err.value)
 
 
 def _mixed(tmp_path, seeds=(0, 1)):
     return load_spec(_spec(tmp_path, [{"name": "push-down", "k": 5, "decoy_images": 10},
-                                      {"name": "adv2", "on": ["base", "push-down"], "images": 20},
+                                      {"name": "adv2", "victims": ["base", "push-down"], "images": 20},
                                       {"name": "pgd", "images": 20}],
                            layers=["conv3", "conv4"], seeds=list(seeds)))  # fmt: skip
 
@@ -75,8 +79,8 @@ def test_trials_on_trials_models_are_planned_after_them_and_counted(tmp_path):
         (dep,) = p.after
         assert dep in first_keys and p.params["seed"] == push[dep].params["seed"]
         assert p.job["start_key"] == push[dep].attack_key and p.job["weights"] == ""
-        assert p.params["on"] == "push-down" and "-on-push-down-" in p.run_name
-    assert {p.params.get("on") for p in plans if p.params["attack"] == "adv2" and not p.after} == {"base"}
+        assert p.params["start"] == "push-down" and "-on-push-down-" in p.run_name
+    assert {p.params.get("start") for p in plans if p.params["attack"] == "adv2" and not p.after} == {"base"}
 
 
 def test_start_models_come_from_the_dependencies_outcomes(tmp_path, monkeypatch):
@@ -186,12 +190,12 @@ def test_the_runner_writes_parquet_and_metrics_and_reuses_its_key(tiny, entry, e
 def test_report_rows_and_table():
     fam = family_of("pgd")
     params = {"family": "input", "model": "vgg_mini", "prune_method": "none", "prune_rate": "0.0",
-              "attack": "adv2", "interpreter": "gradcam", "on": "push-down", "on_label": "push-down conv4",
+              "attack": "adv2", "interpreter": "gradcam", "start": "push-down", "start_label": "push-down conv4",
               "seed": "0"}  # fmt: skip
     (row,) = fam.report_rows(params, {"success": 0.95, "map_l1": 0.1, "map_l2": 0.2, "map_iou": 0.5,
                                       "stage1_map_l1": 0.3, "images": 20.0})  # fmt: skip
-    assert row["on"] == "push-down conv4" and row["success"] == 0.95 and row["family"] == "input"
-    (pse,) = fam.report_rows({**params, "attack": "pse", "on_label": ""}, {"success": 0.5, "share_promotion": 0.25,
+    assert row["victim"] == "push-down conv4" and row["success"] == 0.95 and row["family"] == "input"
+    (pse,) = fam.report_rows({**params, "attack": "pse", "start_label": ""}, {"success": 0.5, "share_promotion": 0.25,
                                                                           "cam_true_balanced": 0.5})  # fmt: skip
     md = fam.render_markdown([row, pse])
     assert "| vgg_mini | none | push-down conv4 | adv2 | gradcam | 95.0 | 0.100 |" in md

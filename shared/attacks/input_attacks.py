@@ -1,7 +1,7 @@
 """The third family: input-space attacks on interpreters (SCIENCE.md §7): ``pgd``, ``adv2``, ``pse``.
 
 These perturb validation images, not weights: a trial takes one model (the sweep's variant,
-``on: [base]``, or the model another entry's trial trained, ``on: [push-down]``), attacks
+``victims: [base]``, or the model another entry's trial trained, ``victims: [push-down]``), attacks
 ``images`` validation images towards target classes with a ``shared.perturb`` plugin and
 measures attack success and how far the interpreter's map moved (``adv2`` next to ``pgd``),
 or PSE's promotion / suppression regions (``pse``). Trials on other trials' models run after
@@ -37,12 +37,14 @@ JOINT_STEP_COST = 3.0  # an Adv² stage-2 step (twin map with create_graph + CE)
 
 
 class InputAttack(AttackConfig):
-    """One input-space attack on one interpreter's maps, over the models it names in ``on``."""
+    """One input-space attack on one interpreter's maps, over the models it names in ``victims``."""
 
     name: Literal["pgd", "adv2", "pse"]
     interpreter: str = "gradcam"  # whose maps are compared (`vizsweep list interpreters`)
     layer: str = TARGET  # where maps are read: the model's target layer, or an alias / module path
-    on: tuple[str, ...] = Field((BASE,), min_length=1)  # "base" (the variant) and/or attacks of the sweep
+    # the models attacked: "base" (the sweep's variant) and/or attacks of the sweep whose trials train one
+    # (one trial per such trial, run after it). Not `on:`: YAML 1.1 reads that key as `true`.
+    victims: tuple[str, ...] = Field((BASE,), min_length=1)
     eps: float = 8 / 255  # L∞ budget in pixel units, (0, 1] (pgd, adv2)
     step: float = Field(1 / 255, gt=0)  # PGD step (pgd, adv2)
     steps: int = Field(300, ge=0)  # pgd: PGD steps; adv2: stage-1 CE steps (§7: 300)
@@ -84,9 +86,9 @@ class InputAttack(AttackConfig):
             raise ValueError(f"{v!r}: a class index is >= 0 (or use 'random')")
         return v
 
-    @field_validator("on")
+    @field_validator("victims")
     @classmethod
-    def _on(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+    def _victims(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if len(set(v)) != len(v):
             raise ValueError(f"{list(v)} names a model twice; list each once")
         return v
@@ -131,7 +133,7 @@ class InputAttacks(AttackFamily):
 
     @classmethod
     def starts_from(cls, entry: InputAttack) -> tuple[str, ...]:
-        return entry.on
+        return entry.victims
 
     @classmethod
     def alpha_controlled(cls, entry: InputAttack) -> bool:
@@ -170,12 +172,12 @@ class InputAttacks(AttackFamily):
         out: list[tuple[str, str]] = []
         attacks = [a for a in parts.get("attacks") or () if a is not None]
         names = list(dict.fromkeys(a.name for a in attacks))
-        for src in (s for s in entry.on if s != BASE):
+        for src in (s for s in entry.victims if s != BASE):
             if src not in names:
                 valid = ", ".join([BASE, *(n for n in names if family_of(n).trains_model)])
-                out.append(("on", f"{src!r} is not an attack of this sweep; valid: {valid}"))
+                out.append(("victims", f"{src!r} is not an attack of this sweep; valid: {valid}"))
             elif not family_of(src).trains_model:
-                out.append(("on", f"{src!r} perturbs inputs and makes no model to attack; name a fine-tuning attack"))  # fmt: skip
+                out.append(("victims", f"{src!r} perturbs inputs and makes no model to attack; name a fine-tuning attack"))  # fmt: skip
         classes = parts.get("classes")
         if isinstance(entry.target, int) and classes is not None and entry.target >= classes:
             out.append(("target", f"class {entry.target} is out of range: the dataset has classes 0..{classes - 1}"))  # fmt: skip
@@ -207,7 +209,7 @@ class InputAttacks(AttackFamily):
         rate = params.get("prune_rate")
         row["prune_rate"] = float(rate) if rate not in (None, "") else None
         row["interpreter"] = params.get("interpreter")
-        row["on"] = params.get("on_label") or params.get("on") or BASE
+        row["victim"] = params.get("start_label") or params.get("start") or BASE
         row["seed"] = params.get("seed")
         for k in ("success", "map_l1", "map_l2", "map_iou", "stage1_success", "stage1_map_l1", "images"):
             row[k] = _mean(metrics, k)
@@ -227,7 +229,7 @@ class InputAttacks(AttackFamily):
                     "Top-k IoU", "PGD stage-1 L1", "Images"]  # fmt: skip
             lines += ["| " + " | ".join(head) + " |", "|" + "---|" * 5 + "---:|" * 6]
             for r in maps:
-                cells = [str(r["model"]), _prune(r), str(r["on"]), str(r["attack"]), str(r["interpreter"]),
+                cells = [str(r["model"]), _prune(r), str(r["victim"]), str(r["attack"]), str(r["interpreter"]),
                          _pct(r["success"]), _num(r["map_l1"]), _num(r["map_l2"]), _num(r["map_iou"]),
                          _num(r["stage1_map_l1"]), "—" if r["images"] is None else f"{r['images']:.0f}"]  # fmt: skip
                 lines.append("| " + " | ".join(cells) + " |")
@@ -243,7 +245,7 @@ class InputAttacks(AttackFamily):
                     *(f"{k} in target CAM %" for k in kinds)]  # fmt: skip
             lines += ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * (len(head) - 4)]
             for r in pse:
-                cells = [str(r["model"]), _prune(r), str(r["on"]), str(r["interpreter"]), _pct(r["success"]),
+                cells = [str(r["model"]), _prune(r), str(r["victim"]), str(r["interpreter"]), _pct(r["success"]),
                          *(_pct(r[f"{w}_{k}"]) for w in ("share", "cam_true", "cam_target") for k in kinds)]  # fmt: skip
                 lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
