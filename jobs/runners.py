@@ -44,6 +44,9 @@ class TrialJob:
     training: dict[str, Any] = field(default_factory=dict)  # the shared loop's settings (LOOP_SETTINGS)
     alpha: dict[str, Any] = field(default_factory=dict)  # AlphaConfig fields
     evaluation: dict[str, Any] = field(default_factory=dict)  # the metrics settings of the spec
+    # A trial on another trial's model (AttackFamily.starts_from): that trial's attack key, and then
+    # ``weights`` is its model, filled in by the orchestrator once it is trained; "": the variant itself.
+    start_key: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self))
@@ -281,6 +284,58 @@ class SaliencyRunner(FineTuneRunner):
         if ev.picture_uri is not None:
             artifacts.append((ev.picture_uri, "heatmaps_before_after.png"))
         return TrialOutcome(akey, store.join(mdir, "model.pt"), history, final, artifacts, {}, broken)
+
+
+@register_runner
+class InputRunner(Runner):
+    """Input-space attacks (§7): nothing trains; the trial's model is attacked on validation images."""
+
+    name = "input"
+
+    def input_spec(self, job: TrialJob):
+        from jobs.input_attacks import InputAttackSpec
+        from shared.attacks.input_attacks import perturbation_args
+
+        c = job.config
+        return InputAttackSpec(
+            dataset=job.dataset, model=job.model, weights=job.weights, model_key=job.start_key or job.variant_key,
+            attack=job.attack, params=perturbation_args(job.attack, c), interpreter=c["interpreter"],
+            layer=job.layers[0], images=int(c["images"]), target=c["target"],
+            seed=job.seed if c.get("image_seed") is None else int(c["image_seed"]), split=job.val_split,
+            picture_images=int(c["picture_images"]), formula=c.get("formula", ""), batch_size=int(c["batch_size"]),
+        )  # fmt: skip
+
+    def attack_key(self, job: TrialJob, dataset_id: str) -> str:
+        return self.input_spec(job).key(dataset_id)
+
+    def trial_key(self, job: TrialJob, dataset_id: str) -> str:
+        return self.attack_key(job, dataset_id)
+
+    def stored(self, job: TrialJob, store_uri: str) -> TrialOutcome | None:
+        from jobs.input_attacks import committed
+
+        res = committed(self.input_spec(job), store_uri)
+        return None if res is None else self._outcome(res)
+
+    def run(self, job, store_uri, report=None, checkpoint_dir=None, resume_from=None, alpha_source=None):
+        from jobs.input_attacks import run_input_attack
+
+        if not job.weights:
+            raise ValueError(
+                f"trial of {job.attack!r} on the model of trial {job.start_key}: no weights; that trial's "
+                "model must be trained first (the orchestrator fills in its URI)"
+            )
+        with trial_timer() as timer:
+            with timing.part("metrics"):
+                res = run_input_attack(self.input_spec(job), store_uri)
+            outcome = self._outcome(res)
+            outcome.costs = timer.costs()
+            return outcome
+
+    def _outcome(self, res) -> TrialOutcome:
+        final = dict(res.summary)
+        artifacts = [(res.table_uri, "input_attack_images.parquet"), *res.pictures]
+        return TrialOutcome(res.uri.rsplit("/", 1)[-1], None, [], final, artifacts)
 
 
 @contextlib.contextmanager

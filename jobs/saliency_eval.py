@@ -132,23 +132,28 @@ def run_saliency_eval(spec: SaliencyEvalSpec, store_uri: str) -> SaliencyEvalRes
 
 
 def _val_images(spec: SaliencyEvalSpec) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """A seeded subset of the split, decoded for the model (ids, pixels, labels)."""
+    return split_images(spec.dataset, spec.split, spec.model, spec.images, spec.seed)
+
+
+def split_images(
+    dataset: str, split: str, model: str, images: int, seed: int
+) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """A seeded subset of ``images`` images of the split (all when fewer), decoded and normalised for
+    ``model``: (ids, pixels, labels). Other families measure on the same images with the same seed."""
     from jobs.attack_data import split_index
     from shared.datasets import decode_image
     from shared.image_index import fetch_images
 
-    all_ids, all_labels = split_index(spec.dataset, spec.split)
-    rng = np.random.default_rng([spec.seed, 11])
-    pick = np.sort(rng.choice(len(all_ids), size=min(spec.images, len(all_ids)), replace=False))
+    all_ids, all_labels = split_index(dataset, split)
+    rng = np.random.default_rng([seed, 11])
+    pick = np.sort(rng.choice(len(all_ids), size=min(images, len(all_ids)), replace=False))
     ids = [str(i) for i in all_ids[pick]]
-    raw = fetch_images(spec.dataset, spec.split, ids)
-    pre = model_info(spec.model).preprocess
+    raw = fetch_images(dataset, split, ids)
+    pre = model_info(model).preprocess
     arrays = [decode_image(raw[i], pre) for i in ids]
     keep = [i for i, a in enumerate(arrays) if a is not None]
     if not keep:
-        raise ValueError(
-            f"none of the {len(ids)} test images of split {spec.split!r} of {spec.dataset} decodes"
-        )
+        raise ValueError(f"none of the {len(ids)} test images of split {split!r} of {dataset} decodes")
     pixels = torch.from_numpy(np.stack([arrays[i] for i in keep]))
     labels = torch.from_numpy(all_labels[pick][keep].astype(np.int64))
     return [ids[i] for i in keep], pixels, labels

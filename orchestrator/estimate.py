@@ -45,7 +45,7 @@ from typing import Any
 
 from orchestrator.spec import REFERENCE_EMBEDDER, SweepSpec, load_spec
 from shared import store
-from shared.attacks import family_of
+from shared.attacks import family_of, starting_models
 from shared.pruners import get_pruner
 
 # --- ASSUMED figures (docs/costs.md) ------------------------------------------------------
@@ -301,7 +301,11 @@ def estimate(
     # trials: per attack, and the cost of one (model, variant, attack, layer scope)
     per_attack: dict[str, int] = {}
     for a in spec.attacks:
-        applicable = sum(family_of(a.name).applies(a, mm.name) for mm in spec.models)
+        applicable = sum(
+            starting_models(a, spec.attacks, mm.name, layers)
+            for mm in spec.models
+            if family_of(a.name).applies(a, mm.name)
+        )  # per model: the models its trials start from (the variant, or other trials' models)
         n = applicable * len(spec.pruning) * len(spec.seeds) * len(family_of(a.name).scopes(a, layers))
         per_attack[a.name] = per_attack.get(a.name, 0) + n
     per_epoch = math.ceil(n_train / t.batch_size)
@@ -325,8 +329,9 @@ def estimate(
     def trial_cost(model: str, entry: Any, scope: tuple[str, ...], u: Mapping[str, int]) -> dict[str, float]:
         fam = family_of(entry.name)
         if not fam.needs_tables:  # its own measurement (e.g. FSR maps), no tables, no embedder
-            p = param_count(model)
-            return {"attack": attack_seconds(model, entry), "final": fam.evaluation_images(entry) / cost_of(model).train,
+            p = param_count(model) if fam.trains_model else 0  # input attacks: no training, no checkpoints
+            train = attack_seconds(model, entry) if fam.trains_model else 0.0
+            return {"attack": train, "final": fam.evaluation_images(entry) / cost_of(model).train,
                     "metrics": 0.0, "attack_bytes": 4 * p + KEEP_CHECKPOINTS * 12 * p, "final_bytes": 0.0,
                     "metrics_bytes": METRICS_STAGE_BYTES}  # fmt: skip
         final = sum(fwd(model, sizes[s]) for s in needed) + fwd(model, n_val)  # tables + final Acc on V
@@ -370,13 +375,14 @@ def estimate(
                 init_secs += fwd(model, n_train + n_val) + fwd(model, n_val)
             init_bytes += sum((n_train + n_val) * row_bytes(u[ly]) for ly in layers)
             for a in (a for a in spec.attacks if family_of(a.name).applies(a, model)):
+                runs = len(spec.seeds) * starting_models(a, spec.attacks, model, layers)
                 for scope in family_of(a.name).scopes(a, layers):
                     cost = trial_cost(model, a, scope, u)
                     for k in acc:
-                        acc[k] += cost[k] * len(spec.seeds)
+                        acc[k] += cost[k] * runs
                     tables = family_of(a.name).needs_tables
-                    n_final += len(spec.seeds) * len(scope) * len(needed) * tables
-                    n_metrics += len(spec.seeds) * (len(scope) * len(m.splits) if tables else 1)
+                    n_final += runs * len(scope) * len(needed) * tables
+                    n_metrics += runs * (len(scope) * len(m.splits) if tables else 1)
 
     # a pruner with a ranking attack (vulnerability: push-down) ranks units by the CLIP-δ of that
     # attack's run on the base model (phases.variants.ranked_units); the sweep's own unpruned trial serves

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from jobs.runners import TrialJob, TrialOutcome, runner_for
-from shared.attacks import AttackConfig, attack_order, family_of
+from shared.attacks import BASE, AttackConfig, attack_order, family_of
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class TrialPlan:
     family: str = ""
     variant: dict[str, Any] = field(default_factory=dict)
     plugins: tuple[str, ...] = ()  # modules a worker imports first (the spec's out-of-tree plugins)
+    after: tuple[str, ...] = ()  # trial keys whose trained models this trial starts from (run first)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,7 +68,7 @@ class TrialPlan:
 
         for module in d.get("plugins", ()):
             importlib.import_module(module)
-        return cls(**{**d, "plugins": tuple(d.get("plugins", ()))})
+        return cls(**{**d, "plugins": tuple(d.get("plugins", ())), "after": tuple(d.get("after", ()))})
 
     def trial_job(self) -> TrialJob:
         return TrialJob.from_dict(self.job)
@@ -94,28 +95,48 @@ def needs_tables(spec: Any) -> bool:
 
 
 def plan_trials(spec: Any, prep: Prepared) -> list[TrialPlan]:
-    """Every trial of the sweep, in a stable order (model, prune, attack as declared, layers, seed)."""
+    """Every trial of the sweep, in a stable order (model, prune, attack as declared, layers, seed).
+
+    Per variant, the trials that start from it come first; then the trials that start from the
+    models other trials train (``AttackFamily.starts_from``), one per such trial, with its seed.
+    """
     plans = []
     entries = sorted(spec.attacks, key=lambda a: attack_order(a.name))
     for v in prep.variants:
-        for entry in (e for e in entries if family_of(e.name).applies(e, v.model)):
+        mine = [e for e in entries if family_of(e.name).applies(e, v.model)]
+        first = []
+        for entry in (e for e in mine if BASE in family_of(e.name).starts_from(e)):
             for layers in family_of(entry.name).scopes(entry, spec.layers):
                 for seed in spec.seeds:
-                    plans.append(plan_trial(spec, prep, v, entry, layers, seed))
+                    first.append(plan_trial(spec, prep, v, entry, layers, seed))
+        later = []
+        for entry in mine:
+            sources = [s for s in family_of(entry.name).starts_from(entry) if s != BASE]
+            for dep in (p for s in sources for p in first if p.params["attack"] == s):
+                if not family_of(dep.params["attack"]).trains_model:
+                    continue
+                for layers in family_of(entry.name).scopes(entry, spec.layers):
+                    later.append(plan_trial(spec, prep, v, entry, layers, dep.params["seed"], after=dep))
+        plans += first + later
     return plans
 
 
 def plan_trial(
-    spec: Any, prep: Prepared, v: Variant, entry: AttackConfig, layers: tuple[str, ...], seed: int
-) -> TrialPlan:
+    spec: Any, prep: Prepared, v: Variant, entry: AttackConfig, layers: tuple[str, ...], seed: int,
+    after: TrialPlan | None = None,
+) -> TrialPlan:  # fmt: skip
+    """One trial; ``after``: the trial whose trained model it starts from (its weights come later)."""
     fam = family_of(entry.name)
     job = trial_job(spec, prep, v, entry, layers, seed)
+    if after is not None:
+        job = dataclasses.replace(job, weights="", start_key=after.attack_key)
     runner = runner_for(entry.name)
     akey = runner.attack_key(job, prep.dataset_id)
     trial_key = runner.trial_key(job, prep.dataset_id)
     layer = "+".join(layers)
     prune = "" if v.prune_method == "none" else f"{v.prune_rate:g}"
-    run_name = f"{v.model}-{v.prune_method}{prune}-{layer}-{fam.describe(entry)}-s{seed}"
+    on = "" if after is None else f"-on-{after.params['attack']}-{after.params['layer']}"
+    run_name = f"{v.model}-{v.prune_method}{prune}-{layer}-{fam.describe(entry)}{on}-s{seed}"
     params = {
         "family": fam.name, "model": v.model, "prune_method": v.prune_method, "prune_rate": v.prune_rate,
         "layer": layer, "attack": entry.name, "scope": _scope_label(entry), "seed": seed,
@@ -125,11 +146,39 @@ def plan_trial(
         "filter_pruning_rate": v.filter_pruning_rate, "fine_tuned_acc": v.fine_tuned_acc,
         "prune_priority": v.prune_priority,
     }  # fmt: skip
+    if after is not None:  # the model attacked: another trial's
+        params |= {"start": after.params["attack"], "start_label": f"{after.params['attack']} {after.params['layer']}",
+                   "start_run": after.run_name, "start_trial_key": after.trial_key, "weights": after.run_name}  # fmt: skip
+    elif fam.starts_from(entry) != (BASE,):
+        params["start"] = BASE
     return TrialPlan(
         trial_key=trial_key, run_name=run_name, job=job.to_dict(), attack_key=akey, params=params,
         alpha=_plain(spec.alpha), alpha_controlled=fam.alpha_controlled(entry), family=fam.name,
         variant=asdict(v), plugins=tuple(getattr(spec, "plugins", ())),
+        after=() if after is None else (after.trial_key,),
     )  # fmt: skip
+
+
+def with_start_models(
+    plans: list[TrialPlan], every: list[TrialPlan], store_uri: str
+) -> tuple[list[TrialPlan], list[str]]:
+    """Dependent plans with the trained models they start from filled in, and the run names (with the
+    reason) of those whose model's trial did not finish: they cannot run in this launch."""
+    by_key = {p.trial_key: p for p in every}
+    ready, blocked = [], []
+    for p in plans:
+        weights = ""
+        for key in p.after:
+            dep = by_key.get(key)
+            outcome = stored_result(dep, store_uri) if dep is not None else None
+            if outcome is None or not outcome.model_uri:
+                name = dep.run_name if dep is not None else key
+                blocked.append(f"{p.run_name} (the trial it starts from, {name}, did not finish)")
+                break
+            weights = outcome.model_uri
+        else:
+            ready.append(dataclasses.replace(p, job={**p.job, "weights": weights}))
+    return ready, blocked
 
 
 def stored_result(plan: TrialPlan, store_uri: str) -> TrialOutcome | None:

@@ -27,7 +27,7 @@ from orchestrator.phases.attacks import log_stored, run_trials
 from orchestrator.phases.prepare import prepare
 from orchestrator.phases.tables import initial_tables
 from orchestrator.phases.variants import make_variants
-from orchestrator.plan import needs_tables, plan_trials, stored_result
+from orchestrator.plan import needs_tables, plan_trials, stored_result, with_start_models
 from orchestrator.progress import Bar, SweepProgress
 from orchestrator.spec import default_tracking_uri
 from orchestrator.status import (
@@ -131,10 +131,22 @@ def _launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None
     if todo and not stop_requested(sdir):
         write_status(sdir, state="attacks")
         progress = SweepProgress(len(plans), len(done), sdir, quiet=quiet)
-        failed, stopped_now = run_trials(
-            spec, sid, todo, tracking_uri, experiment_id, parent, progress, max_concurrent
-        )
-        stopped += stopped_now
+        first, later = [p for p in todo if not p.after], [p for p in todo if p.after]
+        board = _hold_board(sid, sdir) if first and later else None  # one α board for both rounds
+        if first:
+            failed, stopped_now = run_trials(
+                spec, sid, first, tracking_uri, experiment_id, parent, progress, max_concurrent
+            )
+            stopped += stopped_now
+        if later and not stop_requested(sdir):  # trials on the models the first round trained
+            ready, blocked = with_start_models(later, plans, spec.store)
+            failed += blocked
+            if ready:
+                failed_now, stopped_now = run_trials(spec, sid, ready, tracking_uri, experiment_id, parent,
+                                                     progress, max_concurrent, name="attacks-on-models")  # fmt: skip
+                failed += failed_now
+                stopped += stopped_now
+        del board
         progress.close()
     state = "failed" if failed else "done"
     for path in _figures(spec.store, sid, tracking_uri):
@@ -148,6 +160,14 @@ def _launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None
     write_status(sdir, state=state, failed=failed, stopped=stopped, finished=time.time(), reason=reason)
     return SweepResult(sid, tracking_uri, experiment_id, parent, len(plans), len(todo), len(done),
                        failed, stopped, time.time() - t0)  # fmt: skip
+
+
+def _hold_board(sid: str, sdir: str) -> Any:
+    """A handle on the sweep's α board: the board lives while a handle does, and each round of
+    trials (``run_trials``) drops its own when it returns; held here, the next round finds it alive."""
+    from orchestrator.alpha_scheduler import get_or_create_board
+
+    return get_or_create_board(sid, store.join(sdir, "alpha"))
 
 
 def _figures(store_uri: str, sid: str, tracking_uri: str) -> list[str]:

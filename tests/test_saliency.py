@@ -56,7 +56,7 @@ def test_a_saliency_sweep_needs_no_layers_and_counts_one_trial_per_entry(tmp_pat
                                       {"name": "fool-topk", "alpha": "controlled", "interpreter": "lrp"}]))  # fmt: skip
     assert spec.layers == () and spec.trial_count() == 3
     fam = family_of("fool-location")
-    assert fam.name == "saliency" and [f.name for f in families()][:2] == ["featureviz", "saliency"]
+    assert fam.name == "saliency" and {"featureviz", "saliency"} <= {f.name for f in families()}
     location, topk = spec.attacks[1], spec.attacks[2]
     assert not fam.alpha_controlled(location) and fam.alpha_controlled(topk)
     assert fam.job_config(location)["lambda"] == 1.0 and fam.job_config(topk)["kind"] == "topk"

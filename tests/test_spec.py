@@ -433,12 +433,12 @@ def test_attack_entries_are_validated_by_their_family(workdir, probe_family):
     with pytest.raises(SpecError) as err:
         load_spec(doc)
     msg = str(err.value)
-    assert problem_lines(
-        msg, "attacks[2].images", "of family 'probe' (attacks: probe-up), not of family 'featureviz'"
-    )
+    assert problem_lines(msg, "attacks[2].images", "'probe' (attacks: probe-up), not of family 'featureviz'")
     assert problem_lines(msg, "attacks[3].k", "a setting of family 'featureviz'")
     assert problem_lines(
-        msg, "attacks[1].name", "valid attacks: finetune, push-down, push-up, push-up-pairwise, probe-up"
+        msg,
+        "attacks[1].name",
+        "valid attacks: finetune, push-down, push-up, push-up-pairwise, pgd, adv2, pse, probe-up",
     )
 
 

@@ -485,3 +485,34 @@ def test_a_family_defined_outside_the_project_runs_end_to_end(tmp_path, root):
     assert {r["attack"] for r in rows} == {"push-random-up"} and rows[0]["kendall_tau"] is not None
     for folder in ("orchestrator", "jobs", "shared"):
         assert not [f for f in (REPO / folder).rglob("*.py") if "push-random-up" in f.read_text()]
+
+
+def test_input_attacks_run_on_the_base_model_and_then_on_the_push_down_trials_model(root):
+    """The input family in a sweep: pgd on the base model and, in a second round, on the model the
+    push-down trial trained; one MLflow run each with the family's metrics, its own report table."""
+    from orchestrator.report import render_md, report_rows
+    from orchestrator.sweep import launch
+
+    pgd = {"name": "pgd", "victims": ["base", "push-down"], "layer": "conv5", "images": 4, "steps": 3,
+           "picture_images": 1}  # fmt: skip
+    spec = load_spec(tiny_spec(root, "inputs", attacks=[{"name": "push-down"}, pgd]))
+    assert spec.trial_count() == 3
+    res = launch(spec, quiet=True)
+    assert (res.trials, res.trained, res.failed) == (3, 3, [])
+    runs = {
+        r.data.params["attack"] + ":" + r.data.params.get("start", "-"): r
+        for r in _runs(res.tracking_uri, res.sweep_id)
+    }
+    assert set(runs) == {"push-down:-", "pgd:base", "pgd:push-down"}
+    on_model = runs["pgd:push-down"]
+    assert on_model.data.params["start_trial_key"] == runs["push-down:-"].data.tags["vizsweep.trial_key"]
+    for r in (runs["pgd:base"], on_model):
+        assert r.info.status == "FINISHED" and {"success", "map_l1", "map_iou", "images"} <= set(
+            r.data.metrics
+        )
+        assert "formula" in r.data.params
+    rows = [r for r in report_rows(res.tracking_uri, res.sweep_id) if r.get("table") == "input"]
+    assert sorted(r["victim"] for r in rows) == ["base", "push-down conv5"]
+    assert "| alexnet_mini | none | push-down conv5 | pgd | gradcam |" in render_md(rows)
+    again = launch(spec, quiet=True)
+    assert (again.trained, again.reused, again.failed) == (0, 3, [])

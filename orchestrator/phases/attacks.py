@@ -43,8 +43,11 @@ def log_stored(plans: list[TrialPlan], done: set[str], spec: Any, tracking_uri: 
 
 
 def run_trials(spec, sid, todo: list[TrialPlan], tracking_uri, experiment_id, parent, progress,
-               max_concurrent: int | None) -> tuple[list[str], list[str]]:  # fmt: skip
-    """The trials on Ray Tune; returns the run names of failed and of controller-stopped trials."""
+               max_concurrent: int | None, name: str = "attacks") -> tuple[list[str], list[str]]:  # fmt: skip
+    """The trials on Ray Tune; returns the run names of failed and of controller-stopped trials.
+
+    ``name``: Tune's experiment (a round of trials that start from other trials' models has its own,
+    so a restore after a crash resumes the round that was running)."""
     import ray
     from ray import tune
 
@@ -66,11 +69,11 @@ def run_trials(spec, sid, todo: list[TrialPlan], tracking_uri, experiment_id, pa
     )
     fs, path = store.resolve(store.join(sdir, TUNE_DIR))
     run_config = tune.RunConfig(
-        name="attacks", storage_path=path, storage_filesystem=fs, verbose=0,
+        name=name, storage_path=path, storage_filesystem=fs, verbose=0,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         callbacks=[progress.tune_callback()], log_to_file=True, stop=StopRequest(sdir),
     )  # fmt: skip
-    exp = os.path.join(path, "attacks")
+    exp = os.path.join(path, name)
     if tune.Tuner.can_restore(exp, storage_filesystem=fs):
         # the same spec ran before and stopped (crash, SIGKILL): Tune's own restore; finished trials stay
         tuner = tune.Tuner.restore(exp, trainable, resume_unfinished=True, resume_errored=True,

@@ -32,7 +32,7 @@ from orchestrator.spec.sizes import attack_problems, size_problems, synth_facts
 from orchestrator.spec.tracking_uri import tracking_scheme_problem
 from shared import store
 from shared.alpha import AlphaConfig
-from shared.attacks import AttackConfig, ConfigProblem, config_models, family_of
+from shared.attacks import BASE, AttackConfig, ConfigProblem, config_models, family_of, starting_models
 from shared.attacks.family import MAX_IMAGES
 from shared.embedders import parse_spec
 from shared.models.zoo import _WEIGHTS_NAME, LayerError, ModelInfo, model_info, model_names
@@ -328,11 +328,12 @@ class SweepSpec(_Section):
         per_model = [
             sum(
                 len(family_of(a.name).scopes(a, self.layers))
+                * starting_models(a, self.attacks, m.name, self.layers)
                 for a in self.attacks
                 if family_of(a.name).applies(a, m.name)
             )
             for m in self.models
-        ]  # an entry may be meant for one model only
+        ]  # an entry may be meant for one model only, or start from the models other trials train
         return sum(per_model) * len(self.pruning) * len(self.seeds)
 
     def trial_formula(self) -> str:
@@ -343,6 +344,8 @@ class SweepSpec(_Section):
         groups = [len(s) for s in scopes]
         if any(not family_of(a.name).applies(a, m.name) for a in self.attacks for m in self.models):
             return f"per model, the attacks meant for it × {head[1]} × {head[2]}"
+        if any(family_of(a.name).starts_from(a) != (BASE,) for a in self.attacks):
+            return f"{head[0]} × {head[1]} × {head[2]} × per attack, its layer scopes × the models it starts from"
         if len(set(groups)) == 1:
             unit = "layer" if all(len(g) == 1 for g in scopes[0]) else "layer set"
             tail = [_count(groups[0], unit), _count(len(self.attacks), "attack")]

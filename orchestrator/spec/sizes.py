@@ -50,6 +50,7 @@ def attack_problems(v: Mapping[str, Any], facts: Mapping[str, Any] | int | None)
     parts |= {"sizes": facts.get("sizes"), "per_class": facts.get("per_class")}
     out = []
     attacks = v.get("attacks")
+    parts["attacks"] = attacks if isinstance(attacks, tuple) else None  # entries may name each other
     for i, a in enumerate(attacks if isinstance(attacks, tuple) else ()):
         if a is not None:
             out += [(f"attacks[{i}].{f}", m) for f, m in family_of(a.name).spec_problems(a, parts)]

@@ -1,11 +1,13 @@
 """Attack families and their attacks (SCIENCE.md §2, §6, §7): records, plugins, registries, losses.
 
 Importing this package registers the built-in families (``featureviz``: the thesis's attacks;
-``saliency``: Heo et al.'s saliency fooling).
+``saliency``: Heo et al.'s saliency fooling; ``input``: Adv² and PSE's input-space attacks).
 """
 
 from shared.attacks import featureviz as _featureviz  # noqa: F401  (registers the thesis's family)
 from shared.attacks import saliency as _saliency  # noqa: F401  (registers Heo et al.'s family)
+
+from shared.attacks import input_attacks as _input_attacks  # noqa: F401  # isort: skip  (registered third: report order)
 from shared.attacks.base import (
     ATTACKS,
     SETS,
@@ -26,6 +28,7 @@ from shared.attacks.base import (
     train_step,
 )
 from shared.attacks.family import (
+    BASE,
     FAMILIES,
     AttackConfig,
     AttackFamily,
@@ -35,6 +38,7 @@ from shared.attacks.family import (
     families,
     family_of,
     register_family,
+    starting_models,
 )
 from shared.attacks.losses import (
     SCALES,
@@ -47,6 +51,7 @@ from shared.attacks.losses import (
 )
 
 __all__ = [
+    "BASE",
     "ATTACKS",
     "FAMILIES",
     "SCALES",
@@ -78,6 +83,7 @@ __all__ = [
     "register_family",
     "sample_rows",
     "scope_mean",
+    "starting_models",
     "train_step",
     "unit_scale",
 ]

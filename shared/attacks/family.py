@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from shared.registry import Registry
 
+BASE = "base"  # AttackFamily.starts_from: the sweep's variant itself (base or pruned model)
 # An image count above this is a typo (1e9), not a sweep: ImageNet's train split has 1.28 M images.
 MAX_IMAGES = 10_000_000
 
@@ -60,11 +61,20 @@ class AttackFamily:
     report_columns: ClassVar[tuple[str, ...]] = ()  # metric names shown in the report, in order
     needs_tables: ClassVar[bool] = True  # trials start from the sweep layers' initial activation tables
     step_cost: ClassVar[float] = 1.0  # a training step's cost in plain training steps (`vizsweep plan`)
+    trains_model: ClassVar[bool] = (
+        True  # trials fine-tune a model (others may start from it); else no training
+    )
 
     @classmethod
     def scopes(cls, entry: AttackConfig, layers: Sequence[str]) -> tuple[tuple[str, ...], ...]:
         """The layer scope of each trial an entry makes: by default one trial per sweep layer."""
         return tuple((layer,) for layer in layers)
+
+    @classmethod
+    def starts_from(cls, entry: AttackConfig) -> tuple[str, ...]:
+        """The models an entry's trials start from: ``BASE`` (the sweep's variant) and/or names of attacks
+        of the sweep whose trials' trained models it takes; such dependent trials run after those trials."""
+        return (BASE,)
 
     @classmethod
     def applies(cls, entry: AttackConfig, model: str) -> bool:
@@ -165,6 +175,23 @@ def attack_order(attack: str) -> tuple[int, int]:
         if attack in fam.attacks:
             return (i, fam.attacks.index(attack))
     return (len(ordered), 0)
+
+
+def starting_models(
+    entry: AttackConfig, attacks: Sequence[AttackConfig], model: str, layers: Sequence[str]
+) -> int:
+    """Per seed and layer scope of ``entry`` on ``model``: how many models its trials start from (one per
+    source: the variant, or each trial of a named attack on that model); trial counts multiply by it."""
+    n = 0
+    for src in family_of(entry.name).starts_from(entry):
+        if src == BASE:
+            n += 1
+            continue
+        for a in attacks:
+            fam = family_of(a.name)
+            if a.name == src and fam.trains_model and fam.applies(a, model):
+                n += len(fam.scopes(a, layers))
+    return n
 
 
 def config_models() -> tuple[type[AttackConfig], ...]:

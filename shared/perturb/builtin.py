@@ -102,6 +102,7 @@ class Adv2Perturbation(Perturbation):
         )
         return {
             "adv": r.adv,
+            "stage1_adv": r.stage1,  # plain PGD's image (the benign / PGD / Adv² picture)
             "map_term": r.map_term,
             **map_columns(victim, x, r.adv, true, target, self.topk_percent),
             **map_columns(victim, x, r.stage1, true, target, self.topk_percent, prefix="stage1_"),
