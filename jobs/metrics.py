@@ -93,7 +93,9 @@ class MetricsSpec:
     val_split: str = "val"  # V: the split D_τ and the accuracy come from
     splits: tuple[str, ...] = ("train", "val")  # reported splits: train = attacked set, val = generalization
     embedder: str | Mapping[str, Any] = "open_clip:ViT-B-32:openai"  # e(x) spec (shared.embedders)
-    picture_units: int = 4  # units in before_after.png: the attacked units with the highest CLIP-δ; 0 = none
+    # units in before_after.png: a count (the attacked units with the highest CLIP-δ; 0 = none) or the
+    # units themselves (those of them the layer's table holds are shown)
+    picture_units: int | tuple[int, ...] = 4
     picture_k: int = 5  # images per row in before_after.png (top-5 in pictures, SCIENCE.md §1)
     decoy_class: int | None = None  # label of the decoy class (push-up): decoy_top5 is computed; None: not
     # Execution settings: they do not change the result, so they stay out of the key.
@@ -130,9 +132,11 @@ class MetricsSpec:
                 f"MetricsSpec.decoy_class={self.decoy_class!r} with k={self.k}: a class label >= 0 and "
                 f"k >= {DECOY_TOP} (decoy_top5 looks at the top-{DECOY_TOP}), or None for no decoy_top5"
             )
-        if not _is_index(self.picture_units):
+        chosen = isinstance(self.picture_units, tuple) and self.picture_units
+        if not (_is_index(self.picture_units) or (chosen and all(_is_index(u) for u in chosen))):
             raise ValueError(
-                f"MetricsSpec.picture_units={self.picture_units!r}: an integer >= 0 (0: no picture)"
+                f"MetricsSpec.picture_units={self.picture_units!r}: an integer >= 0 (0: no picture) "
+                f"or a non-empty tuple of unit indices"
             )
         if self.final_state_key == "init":
             raise ValueError("MetricsSpec.final_state_key='init' is θ0's own state; pass the attack's key")
@@ -372,12 +376,17 @@ def _commit(spec, ls, out, key, table, accs, topks, classes, record) -> LayerSpl
     store.write_bytes(store.join(out, TABLE), buf.getvalue().to_pybytes())
     files = [TABLE]
     alive = alive_units(table)
-    shown = pick_units(table.filter(pa.array(alive)), spec.picture_units)  # a dead unit's top-k is arbitrary
+    if isinstance(spec.picture_units, tuple):  # chosen by the user: shown as asked, dead or alive
+        held = set(table.column("unit").to_pylist())
+        shown, rule = [u for u in spec.picture_units if u in held], None
+    else:  # a dead unit's top-k is arbitrary
+        shown = pick_units(table.filter(pa.array(alive)), spec.picture_units)
+        rule = HIGHEST_CLIP_DELTA.format(n=len(shown))
     if shown:
         title = picture_title(spec.label or spec.final_state_key, spec.model, layer, split, spec.picture_k)
         decoy = spec.decoy_class
         decoy_name = classes[decoy] if classes and decoy is not None and decoy < len(classes) else str(decoy)
-        note = selection_note(shown, HIGHEST_CLIP_DELTA.format(n=len(shown)), decoy, decoy_name)
+        note = selection_note(shown, rule, decoy, decoy_name)
         pic = store.join(out, PICTURE)
         render_before_after(spec.dataset, split, *topks, table, shown, pic, classes, spec.picture_k, title,
                             note, decoy)  # fmt: skip

@@ -145,7 +145,7 @@ class FineTuneRunner(Runner):
             final_weights=store.join(model_dir(store_uri, akey), "model.pt"), final_state_key=akey,
             layers=job.layers, units=job.units, k=e["k"], tau_images=e["tau_images"], tau_seed=job.seed,
             val_split=job.val_split, splits=tuple(e["splits"]), embedder=e["embedder"],
-            picture_units=e["picture_units"], decoy_class=job.config.get("decoy_class"), label=job.attack,
+            picture_units=_picture_units(e["picture_units"]), decoy_class=job.config.get("decoy_class"), label=job.attack,
         )  # fmt: skip
 
     def attack_key(self, job: TrialJob, dataset_id: str) -> str:
@@ -385,6 +385,11 @@ def _budget_finals(final: dict[str, float], am: dict) -> bool:
     broken = bool(am.get("budget_broken", False))
     final["budget_broken"] = float(broken)
     return broken
+
+
+def _picture_units(v: int | list[int] | tuple[int, ...]) -> int | tuple[int, ...]:
+    """A count, or the units a spec names (a JSON list) as the metrics spec's hashable tuple."""
+    return v if isinstance(v, int) else tuple(int(u) for u in v)
 
 
 def _jsonable(x: Any) -> Any:

@@ -57,6 +57,13 @@ class TrialPlan:
     variant: dict[str, Any] = field(default_factory=dict)
     plugins: tuple[str, ...] = ()  # modules a worker imports first (the spec's out-of-tree plugins)
     after: tuple[str, ...] = ()  # trial keys whose trained models this trial starts from (run first)
+    tags: dict[str, Any] = field(default_factory=dict)  # MLflow tags: provenance (paths, keys), not settings
+
+    def run_tags(self, sweep_id: str) -> dict[str, Any]:
+        """The run's tags: the sweep, the content keys and where the weights and data came from."""
+        keys = {"vizsweep.sweep_id": sweep_id, "vizsweep.attack_key": self.attack_key,
+                "vizsweep.variant_key": self.variant.get("key", "")}  # fmt: skip
+        return {**keys, **self.tags}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,22 +147,28 @@ def plan_trial(
     params = {
         "family": fam.name, "model": v.model, "prune_method": v.prune_method, "prune_rate": v.prune_rate,
         "layer": layer, "attack": entry.name, "scope": _scope_label(entry), "seed": seed,
-        "dataset": prep.dataset, "weights": v.weights, **_plain(spec.training), **job.config,
-        "alpha": _plain(spec.alpha), "embedder": prep.embedder, "variant_key": v.key, "attack_key": akey,
-        "trial_key": trial_key, "weight_pruning_rate": v.weight_pruning_rate,
+        **_plain(spec.training), **job.config, "alpha": _plain(spec.alpha),
+        "weight_pruning_rate": v.weight_pruning_rate,
         "filter_pruning_rate": v.filter_pruning_rate, "fine_tuned_acc": v.fine_tuned_acc,
         "prune_priority": v.prune_priority,
     }  # fmt: skip
+    # where the weights, data and embedder came from: tags (paths and hashes are not settings to compare)
+    tags = {
+        "vizsweep.dataset": prep.dataset,
+        "vizsweep.weights": v.weights,
+        "vizsweep.embedder": prep.embedder,
+    }
     if after is not None:  # the model attacked: another trial's
         params |= {"start": after.params["attack"], "start_label": f"{after.params['attack']} {after.params['layer']}",
-                   "start_run": after.run_name, "start_trial_key": after.trial_key, "weights": after.run_name}  # fmt: skip
+                   "start_run": after.run_name}  # fmt: skip
+        tags |= {"vizsweep.weights": after.run_name, "vizsweep.start_trial_key": after.trial_key}
     elif fam.starts_from(entry) != (BASE,):
         params["start"] = BASE
     return TrialPlan(
         trial_key=trial_key, run_name=run_name, job=job.to_dict(), attack_key=akey, params=params,
         alpha=_plain(spec.alpha), alpha_controlled=fam.alpha_controlled(entry), family=fam.name,
         variant=asdict(v), plugins=tuple(getattr(spec, "plugins", ())),
-        after=() if after is None else (after.trial_key,),
+        after=() if after is None else (after.trial_key,), tags=tags,
     )  # fmt: skip
 
 

@@ -95,8 +95,7 @@ def _attack_trial(config: dict[str, Any], ctx: TrialContext) -> str:
         return "done"
     run = TrialRun.open(
         ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, plan.trial_key, plan.run_name,
-        plan.params, {"vizsweep.sweep_id": ctx.sweep_id, "vizsweep.attack_key": plan.attack_key,
-                      "vizsweep.variant_key": plan.variant.get("key", "")},
+        plan.params, plan.run_tags(ctx.sweep_id),
     )  # fmt: skip
     ckdir = checkpoints_uri(ctx.store_uri, plan.attack_key)
     board = ray.get_actor(board_name(ctx.sweep_id), namespace=BOARD_NAMESPACE)

@@ -145,6 +145,9 @@ CASES = [
     ("eval-images-1e9", "q", {"training.eval_images": 1e9}, "training.eval_images", "expected an integer", True),
     ("test-images-absurd", "s", {"attacks[1].test_images": 10**9}, "attacks[1].test_images", "<= 10000000", True),
     ("tau-images-absurd", "q", {"metrics.tau_images": 10**9}, "metrics.tau_images", "<= 10000000", True),
+    ("picture-unit-out-of-layer", "q", {"metrics.picture_units": [3, 100]}, "metrics.picture_units",
+     "units [100] are not in layer conv5 of alexnet_mini (64 units: 0..63)", True),
+    ("picture-units-repeated", "q", {"metrics.picture_units": [3, 3]}, "metrics.picture_units", "distinct", True),
     ("decoy-images-absurd", "q", {"attacks[2].decoy_images": 10**9}, "attacks[2].decoy_images", "<= 10000000", True),
     # 2. URIs parsed strictly
     ("store-s3-no-bucket", "q", {"store": "s3://"}, "store", "has no bucket; write s3://bucket/prefix", True),

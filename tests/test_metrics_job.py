@@ -79,6 +79,8 @@ def _spec(setup, final: str, state: str, **kw) -> MetricsSpec:
         ({"k": 0}, "MetricsSpec.k"),
         ({"tau_images": 0}, "MetricsSpec.tau_images"),
         ({"picture_units": -1}, "MetricsSpec.picture_units"),
+        ({"picture_units": ()}, "MetricsSpec.picture_units"),
+        ({"picture_units": (1, -3)}, "MetricsSpec.picture_units"),
         ({"final_state_key": "init"}, "final_state_key"),
         ({"embedder": "no_such_embedder:x"}, "no_such_embedder"),
         ({"decoy_class": -1}, "MetricsSpec.decoy_class"),
@@ -323,6 +325,16 @@ def test_perturbed_model_moves_topk_sets(setup, ray_local):
     assert not np.array_equal(tr["topk_overlap"], va["topk_overlap"]) or not np.array_equal(
         tr["clip_delta"], va["clip_delta"]
     )
+    # units chosen in the spec: shown in the given order, a unit the attack did not move left out
+    from dataclasses import replace
+
+    from jobs.before_after import pdf_uri
+    from tests.pdf_text import pdf_text
+
+    chosen = run_metrics(replace(spec, picture_units=(7, 3, 4)), setup["store"]).per[("conv5", "val")]
+    assert chosen.picture_units == [7, 3]
+    text = " ".join(pdf_text(store.read_bytes(pdf_uri(chosen.picture_uri))).split())
+    assert "units 7, 3, chosen by hand" in text and "highest CLIP" not in text, text[:500]
 
 
 @pytest.mark.slow

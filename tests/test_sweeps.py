@@ -505,7 +505,9 @@ def test_input_attacks_run_on_the_base_model_and_then_on_the_push_down_trials_mo
     }
     assert set(runs) == {"push-down:-", "pgd:base", "pgd:push-down"}
     on_model = runs["pgd:push-down"]
-    assert on_model.data.params["start_trial_key"] == runs["push-down:-"].data.tags["vizsweep.trial_key"]
+    assert (
+        on_model.data.tags["vizsweep.start_trial_key"] == runs["push-down:-"].data.tags["vizsweep.trial_key"]
+    )
     for r in (runs["pgd:base"], on_model):
         assert r.info.status == "FINISHED" and {"success", "map_l1", "map_iou", "images"} <= set(
             r.data.metrics

@@ -30,8 +30,9 @@ def log_stored(plans: list[TrialPlan], done: set[str], spec: Any, tracking_uri: 
         if p.trial_key not in done or p.trial_key in finished:
             continue
         outcome = stored_result(p, spec.store)
-        run = TrialRun.open(tracking_uri, experiment_id, parent, p.trial_key, p.run_name, p.params,
-                            {"vizsweep.sweep_id": sid, "vizsweep.attack_key": p.attack_key})  # fmt: skip
+        run = TrialRun.open(
+            tracking_uri, experiment_id, parent, p.trial_key, p.run_name, p.params, p.run_tags(sid)
+        )
         for h in outcome.history:
             keys = ("attack_loss", "maintain_loss", "alpha", "acc_drop", "epoch")
             run.log_step(

@@ -229,7 +229,22 @@ class MetricsSettings(_Section):
     k: int = Field(10, ge=1, le=MAX_IMAGES)  # size of the top-k sets compared before/after
     tau_images: int = Field(10_000, ge=1, le=MAX_IMAGES)  # |D_τ| for Kendall-τ
     splits: Splits | None = None  # reported splits; null: the dataset's two splits
-    picture_units: int = Field(4, ge=0)  # units in the before/after picture (0: none)
+    # units in the before/after picture: a count (the attacked units with the highest CLIP-δ; 0: no
+    # picture) or the units themselves, e.g. [3, 17]
+    picture_units: int | tuple[int, ...] = 4
+
+    @field_validator("picture_units")
+    @classmethod
+    def _picture_units(cls, v: int | tuple[int, ...]) -> int | tuple[int, ...]:
+        if isinstance(v, int):
+            if v < 0:
+                raise ValueError(f"{v} units: a count >= 0 (0: no picture) or a list of unit indices")
+            return v
+        if not v or min(v) < 0 or len(set(v)) != len(v) or len(v) > MAX_PICTURE_UNITS:
+            raise ValueError(
+                f"{list(v)}: a list of 1 to {MAX_PICTURE_UNITS} distinct unit indices >= 0, or a count"
+            )
+        return v
 
     @field_validator("embedder")
     @classmethod
@@ -370,6 +385,29 @@ def json_schema() -> dict[str, Any]:
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **spec_model().model_json_schema()}
 
 
+MAX_PICTURE_UNITS = 32  # rows of one before/after picture
+
+
+def _picture_unit_problems(models: tuple, layers: tuple, metrics: MetricsSettings) -> list[tuple[str, str]]:
+    """Units named for the pictures must exist in every sweep layer of every model."""
+    if not isinstance(metrics.picture_units, tuple):
+        return []
+    from shared.models.fit import layer_units
+
+    out = []
+    for m in (m for m in models if m is not None):
+        for layer in (ly for ly in layers if ly is not None):
+            try:
+                n = layer_units(m.name, layer)
+            except (LayerError, KeyError, ValueError):
+                continue  # a bad layer or model is reported by its own check
+            bad = [u for u in metrics.picture_units if n is not None and u >= n]
+            if bad:
+                msg = f"units {bad} are not in layer {layer} of {m.name} ({n} units: 0..{n - 1})"
+                out.append(("metrics.picture_units", msg))
+    return out
+
+
 def cross_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Checks across sections, on whatever sections parsed (None: a failed section or list item)."""
     out: list[tuple[str, str]] = []
@@ -385,6 +423,8 @@ def cross_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
                     out.append((f"layers[{j}]", f"{e} (models[{i}]; each layer must exist in every model)"))
     facts = synth_facts(ds.synth) if isinstance(ds, DatasetSpec) and ds.synth is not None else {}
     out += attack_problems(v, facts) + size_problems(v, facts)
+    if isinstance(models, tuple) and isinstance(layers, tuple) and isinstance(metrics, MetricsSettings):
+        out += _picture_unit_problems(models, layers, metrics)
     if isinstance(ds, DatasetSpec) and isinstance(metrics, MetricsSettings) and metrics.splits:
         for k, split in enumerate(metrics.splits):
             if split not in (ds.train_split, ds.val_split):
