@@ -257,15 +257,16 @@ def test_fetch_images_by_row_group_without_ids(hf_copy):
 
 @pytest.fixture(scope="module")
 def ray_started():
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    # the project's quiet start (jobs.raysetup); setting RAY_BACKEND_LOG_LEVEL here would leak into
+    # the environment of every later test's subprocesses (Ray's C++ core prints a line when it is set)
     import ray
     from ray.data import DataContext
 
+    from jobs.raysetup import ensure_ray
+
     started = not ray.is_initialized()
     if started:
-        ray.init(
-            address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False
-        )
+        ensure_ray(num_cpus=2)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = ctx.print_on_execution_start = ctx.enable_auto_log_stats = False
     yield ray
