@@ -46,7 +46,8 @@ class _Predictor:
         from shared.device import pick_device
         from shared.models.zoo import build_model
 
-        store.configure(s3)  # weights may live on the driver's S3
+        if s3 is not None:  # an actor: weights may live on the driver's S3
+            store.configure(s3)  # (in this process, None: pinning a config would hide later changes)
         torch.set_num_threads(max(1, threads))
         self.device = pick_device(device)
         self.model, _ = build_model(model, weights=weights)
@@ -182,8 +183,7 @@ def _predict_local(
     from jobs.activations_local import encoded, record_batches
     from shared.models.zoo import model_info
 
-    predict = _Predictor(model, weights, device, torch.get_num_threads(), store.current_s3(),
-                         model_info(model).preprocess)  # fmt: skip
+    predict = _Predictor(model, weights, device, torch.get_num_threads(), None, model_info(model).preprocess)
     batches = (predict(encoded(t)) for t in record_batches(dataset, split, batch_size, None))
     return _collect(batches, dataset, split, progress)
 
