@@ -133,7 +133,8 @@ def plan_trials(spec: Any, prep: Prepared) -> list[TrialPlan]:
         plans += first + later
     found = resolve_all(entries, spec.store)
     for entry in entries:
-        for ref in store_sources(entry):
+        refs = {found[r].key: r for r in reversed(store_sources(entry))}  # one model named twice: once
+        for ref in (r for r in store_sources(entry) if refs[found[r].key] == r):
             v = Variant(**found[ref].variant)
             for layers in family_of(entry.name).scopes(entry, spec.layers):
                 for seed in spec.seeds:

@@ -19,7 +19,7 @@ from jobs.attack import model_dir
 from jobs.runners import TrialJob, runner_for
 from orchestrator.status import sweep_dir
 from shared import store
-from shared.attacks import KEY_REF, REF_FORMS, SWEEP_REF, AttackConfig, store_sources
+from shared.attacks import KEY_REF, REF_FORMS, SWEEP_REF, AttackConfig, family_of, store_sources
 
 SHOWN = 12  # names listed in a failed lookup's message, at most
 
@@ -79,6 +79,12 @@ def _by_sweep(ref: str, store_uri: str) -> StoreModel:
     for module in plan.get("plugins", ()):
         importlib.import_module(module)  # its family is registered
     job = TrialJob.from_dict(plan["job"])
+    if not family_of(job.attack).trains_model:
+        trained = [p["run_name"] for p in plans if family_of(p["job"]["attack"]).trains_model]
+        raise StoreRefError(
+            f"{ref!r}: trial {run} of sweep {sid} ({job.attack}) trains no model; its runs that do: "
+            f"{_listing(trained)}"
+        )
     outcome = runner_for(job.attack).stored(job, store_uri)
     if outcome is None:
         raise StoreRefError(
@@ -86,10 +92,7 @@ def _by_sweep(ref: str, store_uri: str) -> StoreModel:
             f"(`vizsweep status {sid}`; `vizsweep resume {sid}` finishes it)"
         )
     if not outcome.model_uri:
-        raise StoreRefError(
-            f"{ref!r}: trial {run} of sweep {sid} ({job.attack}) trains no model; name a trial of a "
-            "fine-tuning attack of that sweep"
-        )
+        raise StoreRefError(f"{ref!r}: trial {run} of sweep {sid} finished without a model (stopped early)")
     variant = plan.get("variant") or {"model": job.model, "weights": job.weights, "key": job.variant_key,
                                        "base": job.variant_key}  # fmt: skip
     return StoreModel(ref, job.model, outcome.model_uri, outcome.attack_key, dict(variant), run)

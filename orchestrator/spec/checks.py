@@ -70,15 +70,23 @@ def _store_model_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
         if a is None:
             continue
         fam = family_of(a.name)
+        field = f"attacks[{i}].{fam.starts_from_field or 'starts_from'}"
+        seen: dict[str, int] = {}  # content key -> the first index naming it
         for j, src in enumerate(fam.starts_from(a)):
             if not is_store_ref(src):
                 continue
             try:
-                resolve(src, store_uri)
+                key = resolve(src, store_uri).key
             except StoreRefError as e:
-                out.append((f"attacks[{i}].{fam.starts_from_field or 'starts_from'}[{j}]", str(e)))
+                out.append((f"{field}[{j}]", str(e)))
+                continue
             except (OSError, store.StoreError, ValueError) as e:
-                out.append((f"attacks[{i}].{fam.starts_from_field or 'starts_from'}[{j}]", f"cannot read the store: {e}"))  # fmt: skip
+                out.append((f"{field}[{j}]", f"cannot read the store: {e}"))
+                continue
+            if key in seen:
+                msg = f"{src!r} is the model {field}[{seen[key]}] names (content key {key}); list it once"
+                out.append((f"{field}[{j}]", msg))
+            seen.setdefault(key, j)
     return out
 
 

@@ -26,6 +26,7 @@ from shared.attacks.family import (
     SWEEP_REF,
     AttackConfig,
     AttackFamily,
+    ConfigProblem,
     is_store_ref,
     register_family,
 )
@@ -103,13 +104,15 @@ class InputAttack(AttackConfig):
     def _victims(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if len(set(v)) != len(v):
             raise ValueError(f"{list(v)} names a model twice; list each once")
-        for ref in (r for r in v if is_store_ref(r)):
+        for j, ref in enumerate(v):
+            if not is_store_ref(ref):
+                continue
             sweep, slash, run = ref.removeprefix(SWEEP_REF).partition("/")
             bad = (
                 not (sweep and slash and run) if ref.startswith(SWEEP_REF) else not ref.removeprefix(KEY_REF)
             )
             if bad:
-                raise ValueError(f"{ref!r} is not a store model reference; write {REF_FORMS}")
+                raise ConfigProblem(f"[{j}]", f"{ref!r} is not a store model reference; write {REF_FORMS}")
         return v
 
 
