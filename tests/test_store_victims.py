@@ -85,6 +85,7 @@ def test_both_references_resolve_to_the_committed_models(world):
 
 
 def test_planning_makes_first_round_trials_with_the_store_models_weights(world):
+    from orchestrator.estimate import estimate
     from orchestrator.plan import plan_trials
 
     done = world["done"]
@@ -92,6 +93,10 @@ def test_planning_makes_first_round_trials_with_the_store_models_weights(world):
     spec = load_spec(_spec(world["root"], [{"name": "adv2", "victims": ["base", *refs], "images": 4}],
                            seeds=[0, 1]))  # fmt: skip
     assert spec.trial_count() == 2 * (1 + 2)  # base per variant, each store model once (per seed)
+    assert estimate(spec)["trials"]["per_attack"] == {
+        "adv2": spec.trial_count()
+    }  # `vizsweep plan` counts them
+    assert "a model of the store" in spec.trial_formula()
     plans = plan_trials(spec, world["prep"])
     assert len(plans) == spec.trial_count() and len({p.trial_key for p in plans}) == len(plans)
     on_store = [p for p in plans if p.params.get("start", "base") != "base"]
