@@ -150,3 +150,16 @@ def test_store_references_pass_validation_when_committed(world):
     with pytest.raises(SpecError) as err:  # and not mistaken for an attack of this sweep
         load_spec(_spec(world["root"], [{"name": "pse", "victims": ["push"]}]))
     assert "sweep:<sweep id>/<run name> or key:<content key>" in str(err.value)
+
+
+def test_a_store_model_of_another_architecture_is_checked_for_the_layer(world):
+    """The layer is checked on the victim's own model: alexnet_mini has conv5, vgg_mini has not."""
+    _commit_model(world["store"], "alex0", {"kind": "pretrained-model", "model": "alexnet_mini"})
+    spec = _spec(world["root"], [{"name": "pgd", "layer": "conv5", "victims": ["key:alex0"]}],
+                 models=[{"name": "alexnet_mini", "weights": "pretrain"}])  # fmt: skip
+    assert load_spec(spec, check_environment=True).attacks[0].victims == ("key:alex0",)
+    with pytest.raises(SpecError) as err:  # the sweep's model has conv5, the pruned vgg_mini has not
+        load_spec({**spec, "attacks": [{"name": "pgd", "layer": "conv5", "victims": ["key:pruned0"]}]},
+                  check_environment=True)  # fmt: skip
+    lines = [x for x in str(err.value).splitlines() if x.startswith("  - attacks[0].layer")]
+    assert len(lines) == 1 and "victims[0] key:pruned0: vgg_mini" in lines[0], str(err.value)

@@ -76,13 +76,16 @@ def _store_model_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
             if not is_store_ref(src):
                 continue
             try:
-                key = resolve(src, store_uri).key
+                found = resolve(src, store_uri)
             except StoreRefError as e:
                 out.append((f"{field}[{j}]", str(e)))
                 continue
             except (OSError, store.StoreError, ValueError) as e:
                 out.append((f"{field}[{j}]", f"cannot read the store: {e}"))
                 continue
+            key = found.key
+            for f, msg in fam.model_problems(a, found.model):  # e.g. its layer: the model may be another
+                out.append((f"attacks[{i}].{f}", f"{msg} ({field}[{j}] {src}: {found.model})"))
             if key in seen:
                 msg = f"{src!r} is the model {field}[{seen[key]}] names (content key {key}); list it once"
                 out.append((f"{field}[{j}]", msg))

@@ -122,6 +122,12 @@ class AttackFamily:
         return []
 
     @classmethod
+    def model_problems(cls, entry: AttackConfig, model: str) -> list[tuple[str, str]]:
+        """Problems of an entry on one registered model it starts from, as (field, message): checked on
+        the sweep's models (in :meth:`spec_problems`) and on models of the store it names."""
+        return []
+
+    @classmethod
     def report_rows(
         cls, params: Mapping[str, str], metrics: Mapping[str, float]
     ) -> list[dict[str, Any]] | None:

@@ -191,7 +191,6 @@ class InputAttacks(AttackFamily):
         """``victims`` names base or trained-model attacks of the sweep (store references are looked up in the
         store: orchestrator.spec.checks); target and layer fit data and models."""
         from shared.attacks.family import family_of
-        from shared.models.zoo import LayerError, model_info
 
         out: list[tuple[str, str]] = []
         attacks = [a for a in parts.get("attacks") or () if a is not None]
@@ -206,21 +205,27 @@ class InputAttacks(AttackFamily):
         if isinstance(entry.target, int) and classes is not None and entry.target >= classes:
             out.append(("target", f"class {entry.target} is out of range: the dataset has classes 0..{classes - 1}"))  # fmt: skip
         for i, m in enumerate(parts.get("models") or ()):
-            if m is None:
-                continue
-            try:
-                model_info(m.name).resolve_layer(entry.layer)
-            except (LayerError, KeyError) as e:
-                out.append(("layer", f"{e} (models[{i}])"))
-                continue
-            info = model_info(m.name)
-            with torch.device("meta"):
-                built = info.builder(info.num_classes)
-            try:
-                get_interpreter(entry.interpreter).check_model(built)
-            except LayerError as e:
-                out.append(("interpreter", f"{entry.interpreter!r} on models[{i}] ({m.name}): {e}"))
+            if m is not None:
+                out += [(f, f"{msg} (models[{i}])") for f, msg in cls.model_problems(entry, m.name)]
         return out
+
+    @classmethod
+    def model_problems(cls, entry: InputAttack, model: str) -> list[tuple[str, str]]:
+        """The maps' layer exists in ``model`` and the interpreter can read it."""
+        from shared.models.zoo import LayerError, model_info
+
+        try:
+            info = model_info(model)
+            info.resolve_layer(entry.layer)
+        except (LayerError, KeyError) as e:
+            return [("layer", str(e))]
+        with torch.device("meta"):
+            built = info.builder(info.num_classes)
+        try:
+            get_interpreter(entry.interpreter).check_model(built)
+        except LayerError as e:
+            return [("interpreter", f"{entry.interpreter!r} on {model}: {e}")]
+        return []
 
     @classmethod
     def report_rows(cls, params: Mapping[str, str], metrics: Mapping[str, float]) -> list[dict[str, Any]]:
