@@ -45,7 +45,7 @@ from typing import Any
 
 from orchestrator.spec import REFERENCE_EMBEDDER, SweepSpec, load_spec
 from shared import store
-from shared.attacks import family_of, starting_models
+from shared.attacks import family_of, starting_models, store_sources
 from shared.pruners import get_pruner
 
 # --- ASSUMED figures (docs/costs.md) ------------------------------------------------------
@@ -306,7 +306,9 @@ def estimate(
             for mm in spec.models
             if family_of(a.name).applies(a, mm.name)
         )  # per model: the models its trials start from (the variant, or other trials' models)
-        n = applicable * len(spec.pruning) * len(spec.seeds) * len(family_of(a.name).scopes(a, layers))
+        # models of the store (sweep:/key: references): once per seed, not per variant
+        n = applicable * len(spec.pruning) + len(store_sources(a))
+        n *= len(spec.seeds) * len(family_of(a.name).scopes(a, layers))
         per_attack[a.name] = per_attack.get(a.name, 0) + n
     per_epoch = math.ceil(n_train / t.batch_size)
     steps = t.max_steps or t.epochs * per_epoch
@@ -383,6 +385,14 @@ def estimate(
                     tables = family_of(a.name).needs_tables
                     n_final += runs * len(scope) * len(needed) * tables
                     n_metrics += runs * (len(scope) * len(m.splits) if tables else 1)
+
+    for a in spec.attacks:  # trials on models of the store, costed as on the sweep's first model (ASSUMED)
+        runs = len(spec.seeds) * len(store_sources(a))
+        for scope in family_of(a.name).scopes(a, layers) if runs and models else ():
+            cost = trial_cost(models[0], a, scope, units[models[0]])
+            for k in acc:
+                acc[k] += cost[k] * runs
+            n_metrics += runs * (len(scope) * len(m.splits) if family_of(a.name).needs_tables else 1)
 
     # a pruner with a ranking attack (vulnerability: push-down) ranks units by the CLIP-δ of that
     # attack's run on the base model (phases.variants.ranked_units); the sweep's own unpruned trial serves

@@ -1,7 +1,8 @@
 """Planning: a validated sweep spec -> one :class:`TrialPlan` per trial, with content keys. Pure.
 
 Nothing here trains, reads data or starts Ray: the phases (``orchestrator.phases``) do the
-work and hand their results (:class:`Prepared`) in. Every plan carries the keys of its
+work and hand their results (:class:`Prepared`) in; models the spec names in the store are
+looked up by their manifests (``orchestrator.store_models``). Every plan carries the keys of its
 stages, so the launcher can tell what the store already holds. Families are iterated as
 their records declare (``shared.attacks``): this module names no attack.
 """
@@ -13,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from jobs.runners import TrialJob, TrialOutcome, runner_for
-from shared.attacks import BASE, AttackConfig, attack_order, family_of
+from orchestrator.store_models import StoreModel, resolve_all
+from shared.attacks import BASE, AttackConfig, attack_order, family_of, is_store_ref, store_sources
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ def plan_trials(spec: Any, prep: Prepared) -> list[TrialPlan]:
 
     Per variant, the trials that start from it come first; then the trials that start from the
     models other trials train (``AttackFamily.starts_from``), one per such trial, with its seed.
+    Last, the trials on models already in the store (``sweep:``/``key:`` references), once per
+    sweep, not per variant: their weights are known now, so they run in the first round.
     """
     plans = []
     entries = sorted(spec.attacks, key=lambda a: attack_order(a.name))
@@ -118,31 +122,46 @@ def plan_trials(spec: Any, prep: Prepared) -> list[TrialPlan]:
                     first.append(plan_trial(spec, prep, v, entry, layers, seed))
         later = []
         for entry in mine:
-            sources = [s for s in family_of(entry.name).starts_from(entry) if s != BASE]
+            sources = [
+                s for s in family_of(entry.name).starts_from(entry) if s != BASE and not is_store_ref(s)
+            ]
             for dep in (p for s in sources for p in first if p.params["attack"] == s):
                 if not family_of(dep.params["attack"]).trains_model:
                     continue
                 for layers in family_of(entry.name).scopes(entry, spec.layers):
                     later.append(plan_trial(spec, prep, v, entry, layers, dep.params["seed"], after=dep))
         plans += first + later
+    found = resolve_all(entries, spec.store)
+    for entry in entries:
+        refs = {found[r].key: r for r in reversed(store_sources(entry))}  # one model named twice: once
+        for ref in (r for r in store_sources(entry) if refs[found[r].key] == r):
+            v = Variant(**found[ref].variant)
+            for layers in family_of(entry.name).scopes(entry, spec.layers):
+                for seed in spec.seeds:
+                    plans.append(plan_trial(spec, prep, v, entry, layers, seed, victim=found[ref]))
     return plans
 
 
 def plan_trial(
     spec: Any, prep: Prepared, v: Variant, entry: AttackConfig, layers: tuple[str, ...], seed: int,
-    after: TrialPlan | None = None,
+    after: TrialPlan | None = None, victim: StoreModel | None = None,
 ) -> TrialPlan:  # fmt: skip
-    """One trial; ``after``: the trial whose trained model it starts from (its weights come later)."""
+    """One trial; ``after``: the trial whose trained model it starts from (its weights come later);
+    ``victim``: the model of the store it starts from (``v`` is the variant that model came from)."""
     fam = family_of(entry.name)
     job = trial_job(spec, prep, v, entry, layers, seed)
     if after is not None:
         job = dataclasses.replace(job, weights="", start_key=after.attack_key)
+    elif victim is not None:
+        job = dataclasses.replace(job, model=victim.model, weights=victim.weights, start_key=victim.key)
     runner = runner_for(entry.name)
     akey = runner.attack_key(job, prep.dataset_id)
     trial_key = runner.trial_key(job, prep.dataset_id)
     layer = "+".join(layers)
     prune = "" if v.prune_method == "none" else f"{v.prune_rate:g}"
     on = "" if after is None else f"-on-{after.params['attack']}-{after.params['layer']}"
+    if victim is not None:
+        on = "-on-" + victim.ref.replace(":", "-").replace("/", "-")
     run_name = f"{v.model}-{v.prune_method}{prune}-{layer}-{fam.describe(entry)}{on}-s{seed}"
     params = {
         "family": fam.name, "model": v.model, "prune_method": v.prune_method, "prune_rate": v.prune_rate,
@@ -162,6 +181,9 @@ def plan_trial(
         params |= {"start": after.params["attack"], "start_label": f"{after.params['attack']} {after.params['layer']}",
                    "start_run": after.run_name}  # fmt: skip
         tags |= {"vizsweep.weights": after.run_name, "vizsweep.start_trial_key": after.trial_key}
+    elif victim is not None:  # a model of the store: the reference as the spec wrote it
+        params |= {"start": victim.ref, "start_label": victim.ref, "start_run": victim.run}
+        tags |= {"vizsweep.weights": victim.weights, "vizsweep.start_key": victim.key}
     elif fam.starts_from(entry) != (BASE,):
         params["start"] = BASE
     return TrialPlan(

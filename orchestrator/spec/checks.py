@@ -1,6 +1,7 @@
 """What this machine decides about a spec: paths exist, sizes fit, checkpoints load, servers answer.
 
 These run on whatever sections parsed, so a bad section does not hide the others' problems.
+Models an attack names in the store (``sweep:``/``key:``) are looked up there (``orchestrator.store_models``).
 A checkpoint is opened with ``torch.load(weights_only=True)`` and compared with the model built on
 the meta device (``shared.models.fit``); an http(s) tracking server gets one short probe.
 """
@@ -19,7 +20,9 @@ from orchestrator.spec.schema import (
 )
 from orchestrator.spec.sizes import attack_problems, dataset_facts, size_problems
 from orchestrator.spec.tracking_uri import tracking_reach_problem
+from orchestrator.store_models import StoreRefError, resolve
 from shared import store
+from shared.attacks import family_of, is_store_ref
 from shared.datasets import DatasetError, list_shards
 from shared.models.fit import checkpoint_problem
 
@@ -43,6 +46,7 @@ def environment_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
             out.append((f"models[{i}].weights", msg))
         elif (why := checkpoint_problem(m.name, m.weights)) is not None:
             out.append((f"models[{i}].weights", why))
+    out += _store_model_problems(v)
     tracking = v.get("tracking_uri")
     if isinstance(tracking, str) and (why := tracking_reach_problem(tracking)) is not None:
         out.append(("tracking_uri", why))
@@ -53,6 +57,39 @@ def environment_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
             out.append(("metrics.embedder", f"reference encoder {why}{msg}"))
     if isinstance(res, ResourcesSpec) and v.get("ray_address") is None and not os.environ.get("RAY_ADDRESS"):
         out += _resource_problems(res)
+    return out
+
+
+def _store_model_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Each model an attack entry names in the store exists there, committed (a trial of a sweep, a key)."""
+    out: list[tuple[str, str]] = []
+    store_uri, attacks = v.get("store"), v.get("attacks")
+    if not isinstance(store_uri, str):
+        return out
+    for i, a in enumerate(attacks if isinstance(attacks, tuple) else ()):
+        if a is None:
+            continue
+        fam = family_of(a.name)
+        field = f"attacks[{i}].{fam.starts_from_field or 'starts_from'}"
+        seen: dict[str, int] = {}  # content key -> the first index naming it
+        for j, src in enumerate(fam.starts_from(a)):
+            if not is_store_ref(src):
+                continue
+            try:
+                found = resolve(src, store_uri)
+            except StoreRefError as e:
+                out.append((f"{field}[{j}]", str(e)))
+                continue
+            except (OSError, store.StoreError, ValueError) as e:
+                out.append((f"{field}[{j}]", f"cannot read the store: {e}"))
+                continue
+            key = found.key
+            for f, msg in fam.model_problems(a, found.model):  # e.g. its layer: the model may be another
+                out.append((f"attacks[{i}].{f}", f"{msg} ({field}[{j}] {src}: {found.model})"))
+            if key in seen:
+                msg = f"{src!r} is the model {field}[{seen[key]}] names (content key {key}); list it once"
+                out.append((f"{field}[{j}]", msg))
+            seen.setdefault(key, j)
     return out
 
 

@@ -32,7 +32,15 @@ from orchestrator.spec.sizes import attack_problems, size_problems, synth_facts
 from orchestrator.spec.tracking_uri import tracking_scheme_problem
 from shared import store
 from shared.alpha import AlphaConfig
-from shared.attacks import BASE, AttackConfig, ConfigProblem, config_models, family_of, starting_models
+from shared.attacks import (
+    BASE,
+    AttackConfig,
+    ConfigProblem,
+    config_models,
+    family_of,
+    starting_models,
+    store_trials,
+)
 from shared.attacks.family import MAX_IMAGES
 from shared.embedders import parse_spec
 from shared.models.zoo import _WEIGHTS_NAME, LayerError, ModelInfo, model_info, model_names
@@ -349,7 +357,8 @@ class SweepSpec(_Section):
             )
             for m in self.models
         ]  # an entry may be meant for one model only, or start from the models other trials train
-        return sum(per_model) * len(self.pruning) * len(self.seeds)
+        stored = store_trials(self.attacks, self.layers)  # on models of the store: not per variant
+        return (sum(per_model) * len(self.pruning) + stored) * len(self.seeds)
 
     def trial_formula(self) -> str:
         """How :meth:`trial_count` arises, e.g. '1 model × 1 pruning setting × 1 seed × 2 layers × 3 attacks'."""
@@ -360,7 +369,9 @@ class SweepSpec(_Section):
         if any(not family_of(a.name).applies(a, m.name) for a in self.attacks for m in self.models):
             return f"per model, the attacks meant for it × {head[1]} × {head[2]}"
         if any(family_of(a.name).starts_from(a) != (BASE,) for a in self.attacks):
-            return f"{head[0]} × {head[1]} × {head[2]} × per attack, its layer scopes × the models it starts from"
+            stored = store_trials(self.attacks, self.layers)
+            tail = " (a model of the store: once per seed, not per model or pruning)" if stored else ""
+            return f"{head[0]} × {head[1]} × {head[2]} × per attack, its layer scopes × the models it starts from{tail}"
         if len(set(groups)) == 1:
             unit = "layer" if all(len(g) == 1 for g in scopes[0]) else "layer set"
             tail = [_count(groups[0], unit), _count(len(self.attacks), "attack")]

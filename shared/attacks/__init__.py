@@ -30,6 +30,9 @@ from shared.attacks.base import (
 from shared.attacks.family import (
     BASE,
     FAMILIES,
+    KEY_REF,
+    REF_FORMS,
+    SWEEP_REF,
     AttackConfig,
     AttackFamily,
     ConfigProblem,
@@ -37,8 +40,11 @@ from shared.attacks.family import (
     config_models,
     families,
     family_of,
+    is_store_ref,
     register_family,
     starting_models,
+    store_sources,
+    store_trials,
 )
 from shared.attacks.losses import (
     SCALES,
@@ -52,6 +58,12 @@ from shared.attacks.losses import (
 
 __all__ = [
     "BASE",
+    "KEY_REF",
+    "REF_FORMS",
+    "SWEEP_REF",
+    "is_store_ref",
+    "store_sources",
+    "store_trials",
     "ATTACKS",
     "FAMILIES",
     "SCALES",

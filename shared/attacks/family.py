@@ -28,6 +28,10 @@ from pydantic import BaseModel, ConfigDict
 from shared.registry import Registry
 
 BASE = "base"  # AttackFamily.starts_from: the sweep's variant itself (base or pruned model)
+# AttackFamily.starts_from: a model already in the store, named by reference (resolved when planning by
+# orchestrator.store_models): an attacked model of another sweep, or any model by its content key
+SWEEP_REF, KEY_REF = "sweep:", "key:"
+REF_FORMS = f"{SWEEP_REF}<sweep id>/<run name> or {KEY_REF}<content key>"
 # An image count above this is a typo (1e9), not a sweep: ImageNet's train split has 1.28 M images.
 MAX_IMAGES = 10_000_000
 
@@ -64,6 +68,7 @@ class AttackFamily:
     trains_model: ClassVar[bool] = (
         True  # trials fine-tune a model (others may start from it); else no training
     )
+    starts_from_field: ClassVar[str] = ""  # the config field :meth:`starts_from` reads (spec error paths)
 
     @classmethod
     def scopes(cls, entry: AttackConfig, layers: Sequence[str]) -> tuple[tuple[str, ...], ...]:
@@ -72,8 +77,9 @@ class AttackFamily:
 
     @classmethod
     def starts_from(cls, entry: AttackConfig) -> tuple[str, ...]:
-        """The models an entry's trials start from: ``BASE`` (the sweep's variant) and/or names of attacks
-        of the sweep whose trials' trained models it takes; such dependent trials run after those trials."""
+        """The models an entry's trials start from: ``BASE`` (the sweep's variant), names of attacks of the
+        sweep whose trials' trained models it takes (such dependent trials run after those trials), and/or
+        references to models already in the store (:func:`is_store_ref`: one trial each, not per variant)."""
         return (BASE,)
 
     @classmethod
@@ -113,6 +119,12 @@ class AttackFamily:
         """Problems of an entry against the rest of the spec, as (field, message); ``parts`` holds the
         parsed sections (``models``, ``layers``, ``dataset``; None where a section failed) and
         ``classes``, the dataset's class count when known."""
+        return []
+
+    @classmethod
+    def model_problems(cls, entry: AttackConfig, model: str) -> list[tuple[str, str]]:
+        """Problems of an entry on one registered model it starts from, as (field, message): checked on
+        the sweep's models (in :meth:`spec_problems`) and on models of the store it names."""
         return []
 
     @classmethod
@@ -184,6 +196,8 @@ def starting_models(
     source: the variant, or each trial of a named attack on that model); trial counts multiply by it."""
     n = 0
     for src in family_of(entry.name).starts_from(entry):
+        if is_store_ref(src):
+            continue  # once per sweep, not per model: store_trials
         if src == BASE:
             n += 1
             continue
@@ -192,6 +206,21 @@ def starting_models(
             if a.name == src and fam.trains_model and fam.applies(a, model):
                 n += len(fam.scopes(a, layers))
     return n
+
+
+def is_store_ref(src: str) -> bool:
+    """Whether a :meth:`AttackFamily.starts_from` source names a model in the store (not the sweep's)."""
+    return src.startswith((SWEEP_REF, KEY_REF))
+
+
+def store_sources(entry: AttackConfig) -> tuple[str, ...]:
+    """The store models an entry starts from (:func:`is_store_ref`), in its order."""
+    return tuple(s for s in family_of(entry.name).starts_from(entry) if is_store_ref(s))
+
+
+def store_trials(attacks: Sequence[AttackConfig], layers: Sequence[str]) -> int:
+    """Per seed: the trials on store models (one per entry, store model and layer scope; no variants)."""
+    return sum(len(store_sources(a)) * len(family_of(a.name).scopes(a, layers)) for a in attacks)
 
 
 def config_models() -> tuple[type[AttackConfig], ...]:

@@ -1,7 +1,8 @@
 """The third family: input-space attacks on interpreters (SCIENCE.md §7): ``pgd``, ``adv2``, ``pse``.
 
 These perturb validation images, not weights: a trial takes one model (the sweep's variant,
-``victims: [base]``, or the model another entry's trial trained, ``victims: [push-down]``), attacks
+``victims: [base]``, the model another entry's trial trained, ``victims: [push-down]``, or a model
+already in the store, ``sweep:<sweep id>/<run name>`` or ``key:<content key>``), attacks
 ``images`` validation images towards target classes with a ``shared.perturb`` plugin and
 measures attack success and how far the interpreter's map moved (``adv2`` next to ``pgd``),
 or PSE's promotion / suppression regions (``pse``). Trials on other trials' models run after
@@ -17,7 +18,18 @@ import torch
 from pydantic import Field, field_validator
 
 from shared.attacks.base import Attack, register_attack
-from shared.attacks.family import BASE, MAX_IMAGES, AttackConfig, AttackFamily, register_family
+from shared.attacks.family import (
+    BASE,
+    KEY_REF,
+    MAX_IMAGES,
+    REF_FORMS,
+    SWEEP_REF,
+    AttackConfig,
+    AttackFamily,
+    ConfigProblem,
+    is_store_ref,
+    register_family,
+)
 from shared.interpreters import get_interpreter, interpreter_names
 from shared.perturb import get_perturbation
 from shared.perturb.adv2 import LAM_END, LAM_START
@@ -42,8 +54,9 @@ class InputAttack(AttackConfig):
     name: Literal["pgd", "adv2", "pse"]
     interpreter: str = "gradcam"  # whose maps are compared (`vizsweep list interpreters`)
     layer: str = TARGET  # where maps are read: the model's target layer, or an alias / module path
-    # the models attacked: "base" (the sweep's variant) and/or attacks of the sweep whose trials train one
-    # (one trial per such trial, run after it). Not `on:`: YAML 1.1 reads that key as `true`.
+    # the models attacked: "base" (the sweep's variant), attacks of the sweep whose trials train one
+    # (one trial per such trial, run after it), and/or models in the store: "sweep:<sweep id>/<run name>"
+    # (a trial of another sweep) or "key:<content key>" ({store}/models/<key>). Not `on:` (YAML 1.1: true).
     victims: tuple[str, ...] = Field((BASE,), min_length=1)
     eps: float = 8 / 255  # L∞ budget in pixel units, (0, 1] (pgd, adv2)
     step: float = Field(1 / 255, gt=0)  # PGD step (pgd, adv2)
@@ -91,6 +104,15 @@ class InputAttack(AttackConfig):
     def _victims(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if len(set(v)) != len(v):
             raise ValueError(f"{list(v)} names a model twice; list each once")
+        for j, ref in enumerate(v):
+            if not is_store_ref(ref):
+                continue
+            sweep, slash, run = ref.removeprefix(SWEEP_REF).partition("/")
+            bad = (
+                not (sweep and slash and run) if ref.startswith(SWEEP_REF) else not ref.removeprefix(KEY_REF)
+            )
+            if bad:
+                raise ConfigProblem(f"[{j}]", f"{ref!r} is not a store model reference; write {REF_FORMS}")
         return v
 
 
@@ -126,6 +148,7 @@ class InputAttacks(AttackFamily):
     report_columns = metrics
     needs_tables = False
     trains_model = False
+    starts_from_field = "victims"
 
     @classmethod
     def scopes(cls, entry: InputAttack, layers: Sequence[str]) -> tuple[tuple[str, ...], ...]:
@@ -165,16 +188,16 @@ class InputAttacks(AttackFamily):
 
     @classmethod
     def spec_problems(cls, entry: InputAttack, parts: Mapping[str, Any]) -> list[tuple[str, str]]:
-        """``on`` names base or trained-model attacks of the sweep; target and layer fit data and models."""
+        """``victims`` names base or trained-model attacks of the sweep (store references are looked up in the
+        store: orchestrator.spec.checks); target and layer fit data and models."""
         from shared.attacks.family import family_of
-        from shared.models.zoo import LayerError, model_info
 
         out: list[tuple[str, str]] = []
         attacks = [a for a in parts.get("attacks") or () if a is not None]
         names = list(dict.fromkeys(a.name for a in attacks))
-        for src in (s for s in entry.victims if s != BASE):
+        for src in (s for s in entry.victims if s != BASE and not is_store_ref(s)):
             if src not in names:
-                valid = ", ".join([BASE, *(n for n in names if family_of(n).trains_model)])
+                valid = ", ".join([BASE, *(n for n in names if family_of(n).trains_model), REF_FORMS])
                 out.append(("victims", f"{src!r} is not an attack of this sweep; valid: {valid}"))
             elif not family_of(src).trains_model:
                 out.append(("victims", f"{src!r} perturbs inputs and makes no model to attack; name a fine-tuning attack"))  # fmt: skip
@@ -182,21 +205,27 @@ class InputAttacks(AttackFamily):
         if isinstance(entry.target, int) and classes is not None and entry.target >= classes:
             out.append(("target", f"class {entry.target} is out of range: the dataset has classes 0..{classes - 1}"))  # fmt: skip
         for i, m in enumerate(parts.get("models") or ()):
-            if m is None:
-                continue
-            try:
-                model_info(m.name).resolve_layer(entry.layer)
-            except (LayerError, KeyError) as e:
-                out.append(("layer", f"{e} (models[{i}])"))
-                continue
-            info = model_info(m.name)
-            with torch.device("meta"):
-                built = info.builder(info.num_classes)
-            try:
-                get_interpreter(entry.interpreter).check_model(built)
-            except LayerError as e:
-                out.append(("interpreter", f"{entry.interpreter!r} on models[{i}] ({m.name}): {e}"))
+            if m is not None:
+                out += [(f, f"{msg} (models[{i}])") for f, msg in cls.model_problems(entry, m.name)]
         return out
+
+    @classmethod
+    def model_problems(cls, entry: InputAttack, model: str) -> list[tuple[str, str]]:
+        """The maps' layer exists in ``model`` and the interpreter can read it."""
+        from shared.models.zoo import LayerError, model_info
+
+        try:
+            info = model_info(model)
+            info.resolve_layer(entry.layer)
+        except (LayerError, KeyError) as e:
+            return [("layer", str(e))]
+        with torch.device("meta"):
+            built = info.builder(info.num_classes)
+        try:
+            get_interpreter(entry.interpreter).check_model(built)
+        except LayerError as e:
+            return [("interpreter", f"{entry.interpreter!r} on {model}: {e}")]
+        return []
 
     @classmethod
     def report_rows(cls, params: Mapping[str, str], metrics: Mapping[str, float]) -> list[dict[str, Any]]:
