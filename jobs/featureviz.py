@@ -163,7 +163,11 @@ def run_featureviz_units(
         raise ValueError(f"run_featureviz_units needs FeatureVizSpec.units, got {spec.units!r}")
     one = {u: replace(spec, units=(u,)) for u in spec.units}
     done = {u: s.key() for u, s in one.items()}
-    missing = [u for u, k in done.items() if (store.read_manifest(featureviz_dir(store_uri, k)) or {}).get("key") != k]
+    missing = [
+        u
+        for u, k in done.items()
+        if (store.read_manifest(featureviz_dir(store_uri, k)) or {}).get("key") != k
+    ]
     if missing:
         model = load_model(spec) if model is None else model
         device = str(next(model.parameters()).device)

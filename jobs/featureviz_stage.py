@@ -120,9 +120,15 @@ def run_stage(job: Any, store_uri: str, attack_key: str, model_uri: str, mres: M
     return StageResult(final, [(store.join(out, f), f) for f in files], rendered)
 
 
-def _units(job: Any, layer: str, mres: MetricsResult, chosen: int | list[int]) -> tuple[str, pa.Table, list[int]]:
+def _units(
+    job: Any, layer: str, mres: MetricsResult, chosen: int | list[int]
+) -> tuple[str, pa.Table, list[int]]:
     """(split, its unit table, the units): a count picks by CLIP-δ on the attacked split (else the first)."""
-    split = job.train_split if (layer, job.train_split) in mres.per else next(sp for ly, sp in mres.per if ly == layer)
+    split = (
+        job.train_split
+        if (layer, job.train_split) in mres.per
+        else next(sp for ly, sp in mres.per if ly == layer)
+    )
     table = read_unit_metrics(mres.per[(layer, split)].uri)
     if not isinstance(chosen, int):
         return split, table, [int(u) for u in chosen]

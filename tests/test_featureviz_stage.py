@@ -65,7 +65,9 @@ def setup(tmp_path_factory):
                         "dead_init": [False] * 6, "dead_final": [False, True, False, False, False, False]})  # fmt: skip
     _commit(mdir, TABLE, metrics, {"kind": "metrics"})
     per = LayerSplitMetrics("conv5", "val", mdir, f"{mdir}/{TABLE}", None, [], {}, 1.0, 1.0, 0.0, "mk", True)
-    mres = MetricsResult({("conv5", "val"): per}, {(s, "val"): {"conv5": t} for s, t in tables.items()}, True, 0.0)
+    mres = MetricsResult(
+        {("conv5", "val"): per}, {(s, "val"): {"conv5": t} for s, t in tables.items()}, True, 0.0
+    )
     return {"data": data, "init": init, "finals": finals, "embedder": f"reference:{ref_uri}", "store": st,
             "mres": mres}  # fmt: skip
 
@@ -146,10 +148,21 @@ def test_stage_renders_compares_pictures_and_reuses_theta0(setup):
     assert featureviz_stage.committed_stage(job, st, "attack-a", mres).final == res.final
     out = FineTuneRunner()._outcome(job, "attack-a", setup["finals"][0], {}, mres, again)
     assert out.final["fv_similarity"] == res.final["fv_similarity"]
-    assert ("featureviz_conv5_synthetic.png" in [n for _, n in out.artifacts])
+    assert "featureviz_conv5_synthetic.png" in [n for _, n in out.artifacts]
 
 
 def test_a_count_picks_the_alive_units_with_the_highest_clip_delta(setup):
     job = _job(setup, {**FV, "units": 2})
     split, _, units = featureviz_stage._units(job, "conv5", setup["mres"], 2)
     assert split == "val" and units == [3, 5]  # unit 1 (CLIP-δ 0.9) died: its top-k is arbitrary
+
+
+def test_plan_cost_counts_the_renders():
+    """steps x units x layers x 2 models per trial, costed like training images (orchestrator.estimate)."""
+    from orchestrator.estimate import cost_of, featureviz_seconds
+    from orchestrator.spec.schema import FeatureVizSettings
+
+    assert featureviz_seconds(None, "alexnet", ("conv5",)) == 0.0
+    fv = FeatureVizSettings(units=[1, 2, 3], steps=100)
+    want = 2 * 100 * 3 * 2 / cost_of("alexnet").train
+    assert featureviz_seconds(fv, "alexnet", ("conv4", "conv5")) == pytest.approx(want)

@@ -234,7 +234,9 @@ class FeatureVizSettings(_Section):
     def _units(cls, v: int | tuple[int, ...]) -> int | tuple[int, ...]:
         if isinstance(v, int):
             if not 1 <= v <= MAX_PICTURE_UNITS:
-                raise ValueError(f"{v} units: a count from 1 to {MAX_PICTURE_UNITS}, or a list of unit indices")
+                raise ValueError(
+                    f"{v} units: a count from 1 to {MAX_PICTURE_UNITS}, or a list of unit indices"
+                )
             return v
         if not v or min(v) < 0 or len(set(v)) != len(v) or len(v) > MAX_PICTURE_UNITS:
             raise ValueError(
