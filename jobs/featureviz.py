@@ -14,7 +14,7 @@ import io
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -133,24 +133,58 @@ def run_featureviz(
         score=torch.cat([p.score for p in parts]),
         seconds=time.time() - t0,
     )
+    _commit(out, key, spec, rendering, str(next(model.parameters()).device))
+    return FeatureVizResult(out, key, rendering, False, time.time() - t0)
+
+
+def _commit(out: str, key: str, spec: FeatureVizSpec, rendering: Rendering, device: str) -> None:
+    """The files, then the manifest (last: nothing half-written looks done)."""
     _write(out, rendering, title=f"{spec.model} {spec.layer}: synthetic images (activation reached)")
     store.write_manifest(
         out,
         {
-            "kind": "featureviz",
-            "key": key,
-            "model": spec.model,
-            "weights": spec.weights,
-            "layer": spec.layer,
-            "units": units,
-            "spec": asdict(spec),
-            "files": FILES,
-            "code_version": CODE_VERSION,
-            "device": str(next(model.parameters()).device),
-            "seconds": rendering.seconds,
+            "kind": "featureviz", "key": key, "model": spec.model, "weights": spec.weights, "layer": spec.layer,
+            "units": rendering.units, "spec": asdict(spec), "files": FILES, "code_version": CODE_VERSION,
+            "device": device, "seconds": rendering.seconds,
         },
-    )
-    return FeatureVizResult(out, key, rendering, False, time.time() - t0)
+    )  # fmt: skip
+
+
+def run_featureviz_units(
+    spec: FeatureVizSpec, store_uri: str, model: nn.Module | None = None
+) -> tuple[Rendering, int]:
+    """``spec.units``, each committed under its own key (the spec with that one unit), and how many were
+    rendered now: the missing ones, batched by ``batch_units``.
+
+    Why per unit: a unit's image does not depend on the others in its batch, so a model's renders are
+    reused by any later request that names the unit (e.g. θ0's, by every attack of a variant).
+    """
+    if not spec.units:
+        raise ValueError(f"run_featureviz_units needs FeatureVizSpec.units, got {spec.units!r}")
+    one = {u: replace(spec, units=(u,)) for u in spec.units}
+    done = {u: s.key() for u, s in one.items()}
+    missing = [
+        u
+        for u, k in done.items()
+        if (store.read_manifest(featureviz_dir(store_uri, k)) or {}).get("key") != k
+    ]
+    if missing:
+        model = load_model(spec) if model is None else model
+        device = str(next(model.parameters()).device)
+        for start in range(0, len(missing), spec.batch_units):
+            chunk = missing[start : start + spec.batch_units]
+            r = render_units(model, spec.model, spec.layer, chunk, spec.render_config())
+            for i, u in enumerate(chunk):
+                part = Rendering(r.layer, [u], r.images[i : i + 1], r.activation[i : i + 1], r.score[i : i + 1],
+                                 r.seconds / len(chunk))  # fmt: skip
+                _commit(featureviz_dir(store_uri, done[u]), done[u], one[u], part, device)
+    parts = [read_featureviz(featureviz_dir(store_uri, done[u])) for u in spec.units]
+    rendering = Rendering(
+        layer=spec.layer, units=list(spec.units), images=torch.cat([p.images for p in parts]),
+        activation=torch.cat([p.activation for p in parts]), score=torch.cat([p.score for p in parts]),
+        seconds=sum(p.seconds for p in parts),
+    )  # fmt: skip
+    return rendering, len(missing)
 
 
 def _png(image) -> bytes:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from jobs import featureviz_stage
 from jobs.attack import AlphaSource, Report, model_dir, run_attack
 from jobs.attack_spec import AttackSpec
 from jobs.before_after import pdf_uri
@@ -156,7 +157,9 @@ class FineTuneRunner(Runner):
         m = self.metrics_spec(job, "/", dataset_id)
         keyed = {f.name: getattr(m, f.name) for f in dataclasses.fields(m) if f.compare}
         keyed.pop("final_weights")
-        return store.content_key(self.attack_key(job, dataset_id), _jsonable(keyed))
+        fv = featureviz_stage.keyed(job.evaluation)  # only when on: keys of sweeps without it unchanged
+        extra = () if fv is None else ({"featureviz": fv},)
+        return store.content_key(self.attack_key(job, dataset_id), _jsonable(keyed), *extra)
 
     def committed_attack(self, job: TrialJob, store_uri: str, dataset_id: str) -> tuple[str, dict | None]:
         """(attack key, its committed manifest or None): the trained half of a stored trial."""
@@ -174,7 +177,12 @@ class FineTuneRunner(Runner):
         mres = committed_metrics(self.metrics_spec(job, store_uri, ds_id), store_uri)
         if mres is None:
             return None
-        return self._outcome(job, akey, store.join(model_dir(store_uri, akey), "model.pt"), am, mres)
+        fv = None
+        if featureviz_stage.settings(job.evaluation) is not None:
+            fv = featureviz_stage.committed_stage(job, store_uri, akey, mres)
+            if fv is None:
+                return None
+        return self._outcome(job, akey, store.join(model_dir(store_uri, akey), "model.pt"), am, mres, fv)
 
     def run(self, job, store_uri, report=None, checkpoint_dir=None, resume_from=None, alpha_source=None):
         from shared.dataset_meta import dataset_id
@@ -189,14 +197,18 @@ class FineTuneRunner(Runner):
                 return None
             with timing.part("metrics"):
                 mres = run_metrics(self.metrics_spec(job, store_uri, dataset_id(job.dataset)), store_uri)
+            fv = None
+            if featureviz_stage.settings(job.evaluation) is not None:  # timed as the "featureviz" part
+                fv = featureviz_stage.run_stage(job, store_uri, res.key, res.model_uri, mres)
             am = {"history": res.history, "result_step": res.result_step, "budget_broken": res.budget_broken}
-            outcome = self._outcome(job, res.key, res.model_uri, am, mres)
+            outcome = self._outcome(job, res.key, res.model_uri, am, mres, fv)
             outcome.costs = timer.costs()
             return outcome
 
     def _outcome(
-        self, job: TrialJob, akey: str, model_uri: str, am: dict, mres: MetricsResult
+        self, job: TrialJob, akey: str, model_uri: str, am: dict, mres: MetricsResult, fv: Any = None
     ) -> TrialOutcome:
+        """``fv``: the feature-visualisation stage's result (featureviz_stage.StageResult), None when off."""
         history = list(am.get("history", []))
         final = final_metrics(job, history, mres)
         broken = _budget_finals(final, am)
@@ -209,6 +221,9 @@ class FineTuneRunner(Runner):
                 if store.exists(pdf_uri(m.picture_uri)):  # stages committed before the PDF have none
                     artifacts.append((pdf_uri(m.picture_uri), f"{layer}_{split}_before_after.pdf"))
             artifacts.append((m.table_uri, f"{layer}_{split}_unit_metrics.parquet"))
+        if fv is not None:
+            final |= fv.final
+            artifacts += [(uri, f"featureviz_{name}") for uri, name in fv.artifacts]
         return TrialOutcome(akey, model_uri, history, final, artifacts, tables, broken)
 
 

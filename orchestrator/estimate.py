@@ -342,7 +342,7 @@ def estimate(
         return {
             "attack": attack_seconds(model, entry),
             "final": final,
-            "metrics": embed,
+            "metrics": embed + featureviz_seconds(m.featureviz, model, scope),
             "attack_bytes": 4 * p + KEEP_CHECKPOINTS * 12 * p,  # model.pt + step folders (model + Adam m, v)
             "final_bytes": sum(sizes[s] * row_bytes(u[ly]) for s in needed for ly in scope),
             "metrics_bytes": METRICS_STAGE_BYTES * len(scope) * len(m.splits),
@@ -450,7 +450,8 @@ def estimate(
         n_metrics,
         acc["metrics"],
         acc["metrics_bytes"],
-        f"per trial: its layer(s) × reported splits {', '.join(m.splits)}; embedder {m.embedder}",
+        f"per trial: its layer(s) × reported splits {', '.join(m.splits)}; embedder {m.embedder}"
+        + _featureviz_detail(m.featureviz),
     )
 
     warnings += _warnings(spec, data, models)
@@ -475,6 +476,26 @@ def estimate(
         "totals": {"gpu_hours": gpu_hours, "storage_bytes": storage, "usd": gpu_hours * USD_PER_GPU_HOUR},
         "warnings": warnings,
     }
+
+
+def featureviz_units(fv: Any) -> int:
+    """Units rendered per layer: the count, or the units named."""
+    return fv.units if isinstance(fv.units, int) else len(fv.units)
+
+
+def featureviz_seconds(fv: Any, model: str, scope: tuple[str, ...]) -> float:
+    """The §5 renders of one trial: steps x units x layers x 2 models (θ0, θ), each a forward + backward
+    of one image, costed like training images (θ0's renders are reused across a variant's attacks: an
+    upper bound). 0 when the stage is off."""
+    if fv is None:
+        return 0.0
+    return 2 * fv.steps * featureviz_units(fv) * len(scope) / cost_of(model).train
+
+
+def _featureviz_detail(fv: Any) -> str:
+    if fv is None:
+        return ""
+    return f"; + synthetic images of {featureviz_units(fv)} unit(s) per layer, {fv.steps} steps, on θ0 and θ"
 
 
 def _pretrain_epochs(model: str) -> int:

@@ -228,6 +228,31 @@ class TrainingSpec(_Section):
 Splits = _list(Text)
 
 
+class FeatureVizSettings(_Section):
+    """The feature-visualisation stage (SCIENCE.md §5): synthetic images of chosen units on θ0 and θ."""
+
+    # a count (the attacked units with the highest CLIP-δ, as picture_units) or the units, e.g. [3, 17]
+    units: int | tuple[int, ...] = 4
+    steps: int = Field(512, ge=1, le=100_000)  # Adam steps per image (SCIENCE.md §5)
+    seed: int = Field(0, ge=0)  # each unit's start and transforms
+    batch_units: int = Field(64, ge=1)  # units per optimisation (memory bound; not in the key)
+
+    @field_validator("units")
+    @classmethod
+    def _units(cls, v: int | tuple[int, ...]) -> int | tuple[int, ...]:
+        if isinstance(v, int):
+            if not 1 <= v <= MAX_PICTURE_UNITS:
+                raise ValueError(
+                    f"{v} units: a count from 1 to {MAX_PICTURE_UNITS}, or a list of unit indices"
+                )
+            return v
+        if not v or min(v) < 0 or len(set(v)) != len(v) or len(v) > MAX_PICTURE_UNITS:
+            raise ValueError(
+                f"{list(v)}: a list of 1 to {MAX_PICTURE_UNITS} distinct unit indices >= 0, or a count"
+            )
+        return v
+
+
 class MetricsSettings(_Section):
     """The metrics stage; field names are those of ``jobs.metrics.MetricsSpec``."""
 
@@ -240,6 +265,8 @@ class MetricsSettings(_Section):
     # units in the before/after picture: a count (the attacked units with the highest CLIP-δ; 0: no
     # picture) or the units themselves, e.g. [3, 17]
     picture_units: int | tuple[int, ...] = 4
+    # synthetic feature visualisation of chosen units before / after each attack; null: off
+    featureviz: FeatureVizSettings | None = None
 
     @field_validator("picture_units")
     @classmethod
@@ -400,8 +427,15 @@ MAX_PICTURE_UNITS = 32  # rows of one before/after picture
 
 
 def _picture_unit_problems(models: tuple, layers: tuple, metrics: MetricsSettings) -> list[tuple[str, str]]:
-    """Units named for the pictures must exist in every sweep layer of every model."""
-    if not isinstance(metrics.picture_units, tuple):
+    """Units named for the pictures (and the synthetic images) must exist in every sweep layer of every model."""
+    out = _named_unit_problems(models, layers, metrics.picture_units, "metrics.picture_units")
+    if metrics.featureviz is not None:
+        out += _named_unit_problems(models, layers, metrics.featureviz.units, "metrics.featureviz.units")
+    return out
+
+
+def _named_unit_problems(models: tuple, layers: tuple, units: Any, where: str) -> list[tuple[str, str]]:
+    if not isinstance(units, tuple):
         return []
     from shared.models.fit import layer_units
 
@@ -412,10 +446,10 @@ def _picture_unit_problems(models: tuple, layers: tuple, metrics: MetricsSetting
                 n = layer_units(m.name, layer)
             except (LayerError, KeyError, ValueError):
                 continue  # a bad layer or model is reported by its own check
-            bad = [u for u in metrics.picture_units if n is not None and u >= n]
+            bad = [u for u in units if n is not None and u >= n]
             if bad:
                 msg = f"units {bad} are not in layer {layer} of {m.name} ({n} units: 0..{n - 1})"
-                out.append(("metrics.picture_units", msg))
+                out.append((where, msg))
     return out
 
 
