@@ -407,8 +407,15 @@ class SweepSpec(_Section):
         return " × ".join(head + tail)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able values (lists, not tuples) that ``load_spec`` reads back to an equal spec."""
-        return self.model_dump(mode="json")
+        """Plain JSON-able values (lists, not tuples) that ``load_spec`` reads back to an equal spec.
+
+        Sections added after sweep ids were first handed out are left out while off, so a spec that
+        does not use them keeps its sweep id (``orchestrator.status.sweep_id_for``) and resumes."""
+        out = self.model_dump(mode="json")
+        for section, key in LATER_OPTIONAL:
+            if out.get(section, {}).get(key, "") is None:
+                del out[section][key]
+        return out
 
 
 def spec_model() -> type[SweepSpec]:
@@ -424,6 +431,7 @@ def json_schema() -> dict[str, Any]:
 
 
 MAX_PICTURE_UNITS = 32  # rows of one before/after picture
+LATER_OPTIONAL = (("metrics", "featureviz"),)  # (section, key) of settings that default to off (None)
 
 
 def _picture_unit_problems(models: tuple, layers: tuple, metrics: MetricsSettings) -> list[tuple[str, str]]:
