@@ -93,8 +93,11 @@ def test_local_sweep_report_status_and_second_launch_trains_nothing(root, capsys
 
     pgd = {"name": "pgd", "victims": ["base", "push-down"], "layer": "conv5", "images": 4, "steps": 3,
            "picture_images": 1}  # fmt: skip
-    spec = load_spec(tiny_spec(root, "local", attacks=[{"name": "finetune"}, {"name": "push-down"},
-                                                            {"name": "push-up"}, pgd]))  # fmt: skip
+    raw = tiny_spec(
+        root, "local", attacks=[{"name": "finetune"}, {"name": "push-down"}, {"name": "push-up"}, pgd]
+    )
+    raw["metrics"]["featureviz"] = {"units": 2, "steps": 8}  # the synthetic images' stage, short renders
+    spec = load_spec(raw)
     assert spec.trial_count() == 5
     first = launch(spec, quiet=True)
     assert (first.trials, first.trained, first.failed) == (5, 5, [])
@@ -115,6 +118,9 @@ def test_local_sweep_report_status_and_second_launch_trains_nothing(root, capsys
         _assert_no_duplicate_steps(first.tracking_uri, r)
         if r.data.params["attack"] != "finetune":  # every α decision is logged
             assert [m.step for m in _client(first).get_metric_history(r.info.run_id, "alpha_next")]
+        assert {"fv_similarity", "fv_act_init", "fv_act_final"} <= set(r.data.metrics)
+        names = {a.path for a in _client(first).list_artifacts(r.info.run_id)}
+        assert any(n.startswith("featureviz_") and n.endswith("synthetic.png") for n in names), names
     rows = report_rows(first.tracking_uri, first.sweep_id)  # one row per (run, split): train first
     assert [(r["split"], r["attack"]) for r in rows if r.get("table") != "input"] == [
         (sp, a) for sp in ("train", "val") for a in ("finetune", "push-down", "push-up")
