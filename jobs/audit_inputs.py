@@ -99,22 +99,24 @@ def _classes(ckpt: dict, info: Any) -> int:
 
 def map_losses(spec: Any, interp: str, init: str, final: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Per image of a seeded validation subset: §6's top-k test loss and centre-mass distance between
-    the heatmaps (class = the label) of ``final`` and ``init`` (h and h0)."""
+    the heatmaps (class = the label) of ``final`` and ``init`` (h and h0), at the model's saliency
+    target layer, or the last audited layer for a model without one (alexnet_mini)."""
     from jobs.saliency_eval import split_images
     from shared.device import pick_device
     from shared.interpreters import get_interpreter
-    from shared.models.zoo import build_model
+    from shared.models.zoo import build_model, model_info
     from shared.saliency import center_mass_test_loss, topk_loss, topk_mask
 
     device = pick_device(spec.device)
     ids, pixels, labels = split_images(spec.dataset, spec.split, spec.model, spec.map_images, spec.seed)
     models = [build_model(spec.model, weights=w)[0].to(device).eval() for w in (init, final)]
     explainer = get_interpreter(interp)()
+    layer = None if model_info(spec.model).target_layer is not None else spec.layers[-1]
     tk, cm = [], []
     step = 32
     for i in range(0, len(pixels), step):
         x, y = pixels[i : i + step].to(device), labels[i : i + step].to(device)
-        h0, h = (explainer.heatmap(m, spec.model, x, y).detach() for m in models)
+        h0, h = (explainer.heatmap(m, spec.model, x, y, layer=layer).detach() for m in models)
         tk.append(topk_loss(h, topk_mask(h0)).float().cpu().numpy())
         cm.append(center_mass_test_loss(h, h0).float().cpu().numpy())
     return ids, np.concatenate(tk).astype(np.float64), np.concatenate(cm).astype(np.float64)
