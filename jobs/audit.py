@@ -68,7 +68,9 @@ class AuditSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
         object.__setattr__(self, "interpreters", tuple(self.interpreters))
-        object.__setattr__(self, "baseline_tables", {k: tuple(v) for k, v in dict(self.baseline_tables).items()})
+        object.__setattr__(
+            self, "baseline_tables", {k: tuple(v) for k, v in dict(self.baseline_tables).items()}
+        )
         object.__setattr__(self, "baseline_pairs", tuple(tuple(p) for p in self.baseline_pairs))
 
 
@@ -87,6 +89,18 @@ class AuditResult:
 def weights_key(uri: str) -> str:
     """Content key of a checkpoint file (its bytes), so a renamed copy is the same model."""
     return "w" + hashlib.sha256(store.read_bytes(uri)).hexdigest()[:15]
+
+
+def baseline_attack() -> str:
+    """The fine-tuning control of §2 (α fixed at 0: the maintain loss alone), as the family records
+    declare it: the baseline whose spread the audit calibrates on."""
+    from shared.attacks import families, get_attack
+
+    for fam in families():
+        for name in fam.attacks:
+            if fam.runner == "finetuning" and get_attack(name).fixed_alpha == 0.0:
+                return name
+    raise LookupError("no registered fine-tuning family declares a control attack (fixed_alpha = 0)")
 
 
 def audit_dir(store_uri: str, key: str) -> str:
@@ -128,7 +142,9 @@ def run_audit(spec: AuditSpec, store_uri: str) -> AuditResult:
         for ly in spec.layers:
             if not spec.baseline_tables.get(ly):
                 base[ly].append(read_unit_metrics(res.per[(ly, spec.split)].uri))
-    sus = run_metrics(_metrics_spec(spec, spec.reference, spec.suspect, "audit: suspect vs reference"), store_uri)
+    sus = run_metrics(
+        _metrics_spec(spec, spec.reference, spec.suspect, "audit: suspect vs reference"), store_uri
+    )
     table, parts = _unit_table(spec, sus, base)
     maps = _maps(spec, pairs) if spec.interpreters else None
     if maps is not None:
@@ -159,7 +175,7 @@ def _brief_finetune(spec: AuditSpec, store_uri: str) -> str:
 
     a = AttackSpec(
         dataset=spec.dataset, model=spec.model, weights=spec.reference, variant_key=weights_key(spec.reference),
-        attack="finetune", config={"k": spec.k, "scale": "unit"}, layers=spec.layers,
+        attack=baseline_attack(), config={"k": spec.k, "scale": "unit"}, layers=spec.layers,
         max_steps=spec.baseline_steps, eval_split=spec.split, train_split=spec.train_split, seed=spec.seed,
         device=spec.device,
     )  # fmt: skip

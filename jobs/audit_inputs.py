@@ -64,7 +64,9 @@ def check_inputs(
     except (KeyError, ValueError) as e:
         raise AuditInputError(f"--model {name!r}: {e.args[0] if e.args else e}") from None
     if named and name not in named.values():
-        raise AuditInputError(f"--model {name!r}, but the checkpoints hold {sorted(set(named.values()))[0]!r}")
+        raise AuditInputError(
+            f"--model {name!r}, but the checkpoints hold {sorted(set(named.values()))[0]!r}"
+        )
     diff = _differences(_shapes(ref["state_dict"]), _shapes(sus["state_dict"]))
     if diff:
         raise AuditInputError(

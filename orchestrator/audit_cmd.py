@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from jobs.audit import AuditResult, AuditSpec, check_inputs, run_audit
+from jobs.audit import AuditResult, AuditSpec, baseline_attack, check_inputs, run_audit
 from jobs.audit_inputs import AuditInputError
 from shared import store
 
@@ -32,12 +32,13 @@ def sweep_baseline(store_uri: str, sweep_id: str, layers: Sequence[str], split: 
     except SweepNotFound as e:
         raise AuditInputError(f"--sweep: {e}") from None
     plans = [TrialPlan.from_dict(p) for p in store.read_json(store.join(d, "plan.json"))]
+    control = baseline_attack()
     tables: dict[str, list[str]] = {ly: [] for ly in layers}
     pairs, measured, evaluation = [], set(), {}
     for p in plans:
-        if p.job["attack"] != "finetune":
+        if p.job["attack"] != control:
             continue
-        found = _trial_tables(p, store_uri, stored_result)
+        found = trial_tables(p, store_uri, stored_result)
         if found is None:
             continue
         model_uri, unit_tables = found
@@ -51,14 +52,18 @@ def sweep_baseline(store_uri: str, sweep_id: str, layers: Sequence[str], split: 
     missing = [ly for ly, v in tables.items() if not v]
     if missing:
         raise AuditInputError(
-            f"--sweep {sweep_id!r} has no finished 'finetune' trial measuring layer(s) {', '.join(missing)} on "
-            f"split {split!r} (its finetune trials measure: {', '.join(sorted(measured)) or 'none'}); audit "
+            f"--sweep {sweep_id!r} has no finished {control!r} trial measuring layer(s) {', '.join(missing)} on "
+            f"split {split!r} (its {control} trials measure: {', '.join(sorted(measured)) or 'none'}); audit "
             f"those layers, or leave out --sweep to calibrate on the reference fine-tuned briefly"
         )
-    return {"tables": {k: tuple(v) for k, v in tables.items()}, "pairs": tuple(pairs), "evaluation": evaluation}
+    return {
+        "tables": {k: tuple(v) for k, v in tables.items()},
+        "pairs": tuple(pairs),
+        "evaluation": evaluation,
+    }
 
 
-def _trial_tables(plan: Any, store_uri: str, stored_result: Any) -> tuple[str, dict[str, str]] | None:
+def trial_tables(plan: Any, store_uri: str, stored_result: Any) -> tuple[str, dict[str, str]] | None:
     """(model URI, "layer/split" -> metrics folder) of a finished trial. A trial whose keys this
     version computes differently (a store from an older vizsweep) is read from its folders: the
     model under ``models/{attack key}`` and each layer's committed metrics folder."""
@@ -129,7 +134,9 @@ def audit_metrics(summary: dict[str, Any]) -> dict[str, float]:
     out = {"manipulated": float(summary["verdict"] == "manipulated")}
     for p in summary["parts"]:
         name = p["part"].replace(" ", ".")
-        out |= {f"{name}.{k}": float(p[k]) for k in ("flagged", "judged", "share", "baseline_share", "p_value")}
+        out |= {
+            f"{name}.{k}": float(p[k]) for k in ("flagged", "judged", "share", "baseline_share", "p_value")
+        }
     return out
 
 

@@ -10,6 +10,7 @@ import re
 import sys
 from collections.abc import Sequence
 
+from orchestrator.audit_args import add_audit_parser
 from orchestrator.cli_args import NON_NEGATIVE, POSITIVE, int_in
 
 DEFAULT_STORE = os.environ.get("VIZSWEEP_STORE", "vizsweep-store")
@@ -220,33 +221,6 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
                    help="remove corrupt derived stages now, so the next launch or resume recomputes them")  # fmt: skip
 
 
-def _add_audit(sub: argparse._SubParsersAction) -> None:
-    a = sub.add_parser(
-        "audit", help="is this model's interpretation manipulated? per-unit flags against fine-tuning baselines"
-    )
-    a.add_argument("--suspect", required=True, help="checkpoint of the model under audit (path, file:// or s3://)")
-    a.add_argument("--reference", required=True,
-                   help="checkpoint of the trusted model of the same architecture (path, file:// or s3://)")  # fmt: skip
-    a.add_argument("--data", required=True, help="dataset root URI whose --split images both models see")
-    a.add_argument("--model", default=None,
-                   help="registered model name (default: the one the checkpoints record)")  # fmt: skip
-    a.add_argument("--layers", nargs="+", default=["conv5"], help="layer aliases to audit")
-    a.add_argument("--interpreters", nargs="*", default=[],
-                   help="interpreters whose heatmaps are compared, e.g. gradcam lrp simplegrad (default: none)")  # fmt: skip
-    a.add_argument("--sweep", default=None,
-                   help="calibrate on this finished sweep's 'finetune' trials (default: fine-tune the "
-                        "reference briefly and calibrate on that)")  # fmt: skip
-    a.add_argument("--store", default=None,
-                   help="store that holds the sweep and gets the audit (default: $VIZSWEEP_STORE, else ./vizsweep-store)")  # fmt: skip
-    a.add_argument("--split", default="val", help="split whose images the models are compared on")
-    a.add_argument("--embedder", default=None,
-                   help="e(x) of CLIP-δ (default: the sweep's, else open_clip:ViT-B-32:openai)")  # fmt: skip
-    a.add_argument("--map-images", type=POSITIVE, default=64, help="validation images whose heatmaps are compared")
-    a.add_argument("--baseline-steps", type=POSITIVE, default=20,
-                   help="steps of the brief fine-tuning baseline (without --sweep)")  # fmt: skip
-    a.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seed of D_τ, the map images and the baseline")
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="vizsweep", description=DESCRIPTION)
     ap.add_argument("--version", action=_Version, help="show the version and exit")
@@ -258,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan(sub)
     _add_list(sub)
     _add_verify(sub)
-    _add_audit(sub)
+    add_audit_parser(sub)
     return ap
 
 
@@ -303,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd in ("launch", "status", "resume", "stop", "report", "ui"):
             return _cmd_sweep(args)
         if args.cmd == "audit":
-            from orchestrator.commands import cmd_audit
+            from orchestrator.audit_cmd import cmd_audit
 
             return cmd_audit(args)
         if args.cmd == "verify":

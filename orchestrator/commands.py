@@ -77,13 +77,6 @@ def cmd_launch(spec_path: str, max_concurrent: int | None = None) -> int:
     return _run(spec, max_concurrent)
 
 
-def cmd_audit(args: Any) -> int:
-    """``vizsweep audit``: the verdict on a suspect model (orchestrator.audit_cmd does the work)."""
-    from orchestrator.audit_cmd import cmd_audit as run
-
-    return run(args)
-
-
 def cmd_resume(store_uri: str, sweep_id: str, max_concurrent: int | None = None) -> int:
     from orchestrator.spec import load_spec
 

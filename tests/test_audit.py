@@ -87,7 +87,10 @@ def test_perturbed_copy_is_flagged(setup, ray_local):
     assert "interpreter gradcam" in units
     maps = pq.read_table(store.local_path(res.maps_uri))
     assert maps.num_rows == 16 and set(maps.column("interpreter").to_pylist()) == {"gradcam"}
-    assert [p.rsplit("/", 1)[-1] for p in res.pictures] == ["conv4_most_changed.png", "conv5_most_changed.png"]
+    assert [p.rsplit("/", 1)[-1] for p in res.pictures] == [
+        "conv4_most_changed.png",
+        "conv5_most_changed.png",
+    ]
     assert store.read_bytes(res.pictures[0])[:8] == b"\x89PNG\r\n\x1a\n"
     assert res.summary["most_changed"][0]["clip_delta"] == max(
         v for v in t.column("clip_delta").to_pylist() if v == v
