@@ -16,8 +16,10 @@ largest CLIP-δ), then ``_MANIFEST.json``. A rerun with the same key is read bac
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -87,7 +89,17 @@ class AuditResult:
 
 
 def weights_key(uri: str) -> str:
-    """Content key of a checkpoint file (its bytes), so a renamed copy is the same model."""
+    """Content key of a checkpoint file (its bytes), so a renamed copy is the same model; a local
+    file is hashed once per (path, size, mtime) in a process."""
+    local = store.local_path(uri)
+    if local is not None and os.path.isfile(local):
+        st = os.stat(local)
+        return _hashed(uri, st.st_size, st.st_mtime_ns)
+    return "w" + hashlib.sha256(store.read_bytes(uri)).hexdigest()[:15]
+
+
+@functools.lru_cache(maxsize=64)
+def _hashed(uri: str, size: int, mtime_ns: int) -> str:
     return "w" + hashlib.sha256(store.read_bytes(uri)).hexdigest()[:15]
 
 

@@ -107,6 +107,7 @@ def test_perturbed_copy_is_flagged(setup, ray_local):
         ("same.pt", "ref.pt", ["--layers", "conv9"], "--layers"),
         ("same.pt", "ref.pt", ["--interpreters", "nope"], "--interpreters"),
         ("missing.pt", "ref.pt", [], "--suspect"),
+        ("same.pt", "ref.pt", ["--data", "/nonexistent/dataset"], "--data"),
     ],
 )
 def test_bad_input_exits_2_before_ray(setup, monkeypatch, capsys, suspect, reference, extra, named):
@@ -117,6 +118,7 @@ def test_bad_input_exits_2_before_ray(setup, monkeypatch, capsys, suspect, refer
 
     monkeypatch.setattr(jobs.raysetup, "ensure_ray", no_ray)
     root = setup["root"]
+    # a later --data in extra wins over this one
     argv = ["audit", "--suspect", str(root / suspect), "--reference", str(root / reference), "--data",
             setup["data"], "--store", str(root / "bad-store"), *extra]  # fmt: skip
     assert main(argv) == 2
