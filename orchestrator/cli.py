@@ -10,6 +10,7 @@ import re
 import sys
 from collections.abc import Sequence
 
+from orchestrator.audit_args import add_audit_parser
 from orchestrator.cli_args import NON_NEGATIVE, POSITIVE, int_in
 
 DEFAULT_STORE = os.environ.get("VIZSWEEP_STORE", "vizsweep-store")
@@ -231,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan(sub)
     _add_list(sub)
     _add_verify(sub)
+    add_audit_parser(sub)
     return ap
 
 
@@ -274,6 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_sweep_demo(args.spec)
         if args.cmd in ("launch", "status", "resume", "stop", "report", "ui"):
             return _cmd_sweep(args)
+        if args.cmd == "audit":
+            from orchestrator.audit_cmd import cmd_audit
+
+            return cmd_audit(args)
         if args.cmd == "verify":
             from orchestrator.commands import resolve_store
             from orchestrator.verify import cmd_verify
