@@ -359,12 +359,12 @@ def test_s3_store_and_mlflow_server(root, s3_server, mlflow_s3_server):
     from orchestrator.tracking import client
 
     spec = load_spec(tiny_spec(root, "s3", store=f"s3://{s3_server.bucket}/sweeps-test",
-                               tracking_uri=mlflow_s3_server.uri))  # fmt: skip
+                               tracking_uri=mlflow_s3_server.uri, attacks=[{"name": "push-down"}]))  # fmt: skip
     res = launch(spec, quiet=True)
-    assert res.failed == [] and res.trained == 2
+    assert res.failed == [] and res.trained == 1
     c = client(res.tracking_uri)
     runs = _runs(res.tracking_uri, res.sweep_id)
-    assert len(runs) == 2
+    assert len(runs) == 1
     for r in runs:
         assert r.info.status == "FINISHED"
         assert {"clip_delta", "kendall_tau", "acc", "delta_acc"} <= set(r.data.metrics)
@@ -375,7 +375,7 @@ def test_s3_store_and_mlflow_server(root, s3_server, mlflow_s3_server):
         values = list(r.data.params.values()) + list(r.data.tags.values())
         assert not any(s3_server.secret_key in v or s3_server.access_key in v for v in values)
     keys = s3_server.client().list_objects_v2(Bucket="mlflow", Prefix="artifacts/").get("KeyCount", 0)
-    assert keys >= 6  # the artifacts went through the server to S3
+    assert keys >= 3  # the artifacts went through the server to S3
     assert launch(spec, quiet=True).trained == 0  # everything is in the S3 store already
     # the MLflow pages in Chromium: the compare page in tests/test_tracking.py, the runs table that
     # `vizsweep ui` opens on in tests/test_ui.py
@@ -468,9 +468,7 @@ def test_a_family_defined_outside_the_project_runs_end_to_end(tmp_path, root):
         return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=900)  # fmt: skip
 
-    v = cli("validate", str(path))
-    assert v.returncode == 0 and "2 trial" in v.stdout, v.stdout + v.stderr
-    p = cli("plan", str(path), "--json")
+    p = cli("plan", str(path), "--json")  # plan validates first (tests/test_bad_inputs.py: validate itself)
     assert p.returncode == 0 and json.loads(p.stdout)["stages"]["attack_trials"]["count"] == 2, p.stdout
     launched = cli("launch", str(path))
     out = launched.stdout + launched.stderr
