@@ -175,7 +175,7 @@ def run_audit(spec: AuditSpec, store_uri: str) -> AuditResult:
             store.write_bytes(store.join(out, f"{ly}_most_changed.png"), store.read_bytes(pic))
             files.append(f"{ly}_most_changed.png")
     manifest = {"kind": "audit", "key": key, "producer": CODE_VERSION, "files": files, "summary": summary,
-                "spec": _jsonable(asdict(spec))}  # fmt: skip
+                "spec": store.json_plain(asdict(spec))}  # fmt: skip
     store.write_manifest(out, manifest)
     return _result(out, manifest, False, time.time() - t0)
 
@@ -281,11 +281,3 @@ def _result(out: str, m: dict, skipped: bool, seconds: float) -> AuditResult:
         store.join(out, MAPS) if MAPS in files else None,
         [store.join(out, f) for f in files if f.endswith(".png")], skipped, seconds,
     )  # fmt: skip
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    return x

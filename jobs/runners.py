@@ -50,7 +50,7 @@ class TrialJob:
     start_key: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(dataclasses.asdict(self))
+        return store.json_plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrialJob:
@@ -159,7 +159,7 @@ class FineTuneRunner(Runner):
         keyed.pop("final_weights")
         fv = featureviz_stage.keyed(job.evaluation)  # only when on: keys of sweeps without it unchanged
         extra = () if fv is None else ({"featureviz": fv},)
-        return store.content_key(self.attack_key(job, dataset_id), _jsonable(keyed), *extra)
+        return store.content_key(self.attack_key(job, dataset_id), store.json_plain(keyed), *extra)
 
     def committed_attack(self, job: TrialJob, store_uri: str, dataset_id: str) -> tuple[str, dict | None]:
         """(attack key, its committed manifest or None): the trained half of a stored trial."""
@@ -405,11 +405,3 @@ def _budget_finals(final: dict[str, float], am: dict) -> bool:
 def _picture_units(v: int | list[int] | tuple[int, ...]) -> int | tuple[int, ...]:
     """A count, or the units a spec names (a JSON list) as the metrics spec's hashable tuple."""
     return v if isinstance(v, int) else tuple(int(u) for u in v)
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    return x

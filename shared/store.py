@@ -355,6 +355,15 @@ def integrity_record(dir_uri: str, rels: list[str], known: dict[str, dict] | Non
 # --- content keys --------------------------------------------------------------
 
 
+def json_plain(x: Any) -> Any:
+    """Tuples as lists, recursively: what a JSON round trip gives back (keys and manifests compare equal)."""
+    if isinstance(x, dict):
+        return {k: json_plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [json_plain(v) for v in x]
+    return x
+
+
 def content_key(*parts: Any, length: int = 16) -> str:
     """A stable hash of everything that determines a stage's output.
 

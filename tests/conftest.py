@@ -38,6 +38,18 @@ def s3_server(tmp_path_factory):
         store._s3.cache_clear()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: a 2-thread intra-op pool waits far longer than it computes
+    (150 ms vs 3 ms a step). Modules ask for it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A small local Ray (2 CPUs), shared by the tests that need one."""

@@ -30,13 +30,7 @@ from shared.models.zoo import LayerError, build_model
 MODEL = "alexnet_mini"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convs on 1 thread: on 2 shared, busy cores a 2-thread pool waits ~50x longer than it computes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

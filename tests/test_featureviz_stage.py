@@ -30,13 +30,7 @@ FV = {"units": [1, 3], "steps": 8, "seed": 0, "batch_units": 64}
 EVAL = {"k": 5, "tau_images": 16, "splits": ["val"], "picture_units": 0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convs on 1 thread: on 2 shared, busy cores a 2-thread pool waits far longer than it computes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
