@@ -28,8 +28,13 @@ $(STAMP): requirements.lock pyproject.toml
 demo: install
 	$(VENV)/bin/vizsweep demo
 
+# Two workers (pytest-xdist): a module and its prepared store stay on one worker (--dist loadfile); the
+# suite waits on Ray, MLflow and subprocess start-ups as much as it computes. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --dist loadfile
+
 test: install browser
-	$(PY) -m pytest -q --durations=40
+	$(PY) -m pytest -q --durations=40 $(XDIST)
 
 # The MLflow compare-page test drives a real headless browser (Debian's chromium).
 browser:
@@ -38,7 +43,7 @@ browser:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver fonts-liberation >/dev/null; }
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" $(XDIST)
 
 # The science goals at full size (pretraining accuracy, feature-visualization share): ~15 min.
 goals: install

@@ -189,23 +189,40 @@ def sweep_figures(rows: Sequence[Mapping[str, Any]], sweep_id: str) -> dict[str,
     return {**standard_figures(rows, sweep_id), **fsr_figures(rows, sweep_id)}
 
 
+FIGURES_KEY = "_figures.json"  # in the report folder: what the figures there were drawn from
+FIGURES_VERSION = "sweep-figures-v1"  # bump when a figure's drawing changes
+
+
 def write_sweep_figures(
     store_uri: str, sweep_id: str, tracking_uri: str, rows: Sequence[Mapping[str, Any]] | None = None
 ) -> list[str]:
     """Write the figures as PNG and PDF under ``{store}/sweeps/<id>/report/`` and log them to the
-    parent run (artifact folder ``report``); ``rows`` default to the report's. Returns the paths."""
+    parent run (artifact folder ``report``); ``rows`` default to the report's. Returns the paths.
+
+    Drawing them costs seconds (a vector PDF embeds its fonts): when the rows and the parent run are
+    those the stored figures were drawn from (a relaunch that trained nothing), they are kept as they are.
+    """
     rows = report_rows(tracking_uri, sweep_id) if rows is None else rows
+    folder = store.join(store_uri, "sweeps", sweep_id, REPORT_DIR)
+    parent = find_parent_run(tracking_uri, sweep_id)
+    key = store.content_key(
+        FIGURES_VERSION, store.json_plain(list(rows)), parent.info.run_id if parent else None
+    )
+    marker = store.join(folder, FIGURES_KEY)
+    drawn = store.read_json(marker) if store.exists(marker) else {}
+    if drawn.get("key") == key and all(store.exists(store.join(folder, f)) for f in drawn.get("files", [])):
+        return [store.local_path(store.join(folder, f)) or store.join(folder, f) for f in drawn["files"]]
     figs = sweep_figures(rows, sweep_id)
-    parent = find_parent_run(tracking_uri, sweep_id) if figs else None
-    out = []
+    out, files = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for stem, fig in figs.items():
             try:
                 for fmt in FORMATS:
                     data = figure_bytes(fig, fmt)
-                    dest = store.join(store_uri, "sweeps", sweep_id, REPORT_DIR, f"{stem}.{fmt}")
+                    dest = store.join(folder, f"{stem}.{fmt}")
                     store.write_bytes(dest, data)
                     out.append(store.local_path(dest) or dest)
+                    files.append(f"{stem}.{fmt}")
                     if parent is not None:
                         local = os.path.join(tmp, f"{stem}.{fmt}")
                         with open(local, "wb") as f:
@@ -213,4 +230,5 @@ def write_sweep_figures(
                         client(tracking_uri).log_artifact(parent.info.run_id, local, REPORT_DIR)
             finally:
                 close(fig)
+    store.write_json(marker, {"key": key, "files": files})
     return out

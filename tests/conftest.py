@@ -9,9 +9,17 @@ import pytest
 from tests.services import seaweedfs
 
 
+# `make test` runs the modules on two workers (pytest-xdist, --dist loadfile: a module and its prepared
+# store stay on one worker). The longest modules are handed out first so the workers end together.
+LONGEST_FIRST = ("test_sweep_recovery.py", "test_sweeps.py", "test_ui.py", "test_audit.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Goal measurements (``@pytest.mark.goals``: full-size pretraining, 512-step renders) run only with
-    ``VIZSWEEP_GOALS=1`` (``make goals``): minutes each, they would take most of ``make test``'s budget."""
+    """Longest modules first (stable: the rest keep their order). Goal measurements
+    (``@pytest.mark.goals``: full-size pretraining, 512-step renders) run only with ``VIZSWEEP_GOALS=1``
+    (``make goals``): minutes each, they would take most of ``make test``'s budget."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
     if os.environ.get("VIZSWEEP_GOALS"):
         return
     skip = pytest.mark.skip(reason="a goal measurement at full size: make goals (VIZSWEEP_GOALS=1)")

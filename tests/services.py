@@ -240,13 +240,12 @@ def _chromium(args: list[str], budget_ms: int) -> subprocess.CompletedProcess:
 def chromium_dump_dom(url: str, out_png: str | os.PathLike | None = None, budget_ms: int = 20000) -> str:
     """The DOM of ``url`` after ``budget_ms`` of virtual time (scripts run, XHRs answered).
 
-    With ``out_png``, a second run saves a screenshot of the same page (Chromium cannot dump the DOM
-    and take a screenshot in one run). Both in one 1600x1000 window: a table draws only the columns
-    that fit, so what the DOM holds is what the screenshot shows.
+    With ``out_png``, the same run also saves a screenshot of the page (Chromium >= 120 runs every
+    headless command it is given), so the DOM is what the screenshot shows, in a 1600x1000 window:
+    a table draws only the columns that fit.
     """
-    window = "--window-size=1600,1000"
-    dom = _chromium([window, "--dump-dom", url], budget_ms).stdout
+    args = ["--window-size=1600,1000", "--dump-dom"]
     if out_png is not None:
         Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-        _chromium([window, f"--screenshot={os.fspath(out_png)}", url], budget_ms)
-    return dom
+        args.append(f"--screenshot={os.fspath(out_png)}")
+    return _chromium([*args, url], budget_ms).stdout

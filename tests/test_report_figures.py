@@ -149,3 +149,16 @@ def test_figures_are_written_as_png_and_vector_pdf_and_logged_to_the_parent_run(
     parent = find_parent_run(uri, SWEEP)
     logged = {a.path for a in client(uri).list_artifacts(parent.info.run_id, REPORT_DIR)}
     assert logged == {f"{REPORT_DIR}/sweep_metrics_{s}.{f}" for s in ("train", "val") for f in ("png", "pdf")}
+
+
+def test_figures_of_unchanged_rows_are_kept_and_changed_rows_redraw_them(sweep, tmp_path):
+    """A relaunch that trained nothing keeps the stored figures (no drawing, nothing logged again)."""
+    root, uri, rows = sweep
+    store = tmp_path / "store"
+    first = write_sweep_figures(str(store), SWEEP, uri, rows)
+    png = store / "sweeps" / SWEEP / REPORT_DIR / "sweep_metrics_train.png"
+    png.write_bytes(b"stale")  # a redraw would overwrite it
+    assert write_sweep_figures(str(store), SWEEP, uri, rows) == first and png.read_bytes() == b"stale"
+    changed = [{**r, "clip_delta": 0.5} if i == 0 else r for i, r in enumerate(rows)]
+    assert write_sweep_figures(str(store), SWEEP, uri, changed) == first
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
