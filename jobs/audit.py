@@ -11,7 +11,9 @@ decision rule is :mod:`jobs.audit_flags` (its docstring states it in full; the s
 it). Output, committed under ``{store}/audits/{key}/``: ``units.parquet`` (layer, unit, metrics,
 flagged, reason), ``maps.parquet`` (with interpreters), ``summary.json`` and, per layer,
 ``{layer}_most_changed.png`` (the metrics stage's before/after picture of the units with the
-largest CLIP-δ), then ``_MANIFEST.json``. A rerun with the same key is read back.
+largest CLIP-δ), then ``_MANIFEST.json``. A rerun with the same key is read back. On Ray: the
+metrics stage's forward passes (Ray Data), and the map comparison, one Ray task (a free GPU, else
+CPUs; ``summary.json`` records where it ran as ``maps_ran_on``).
 """
 
 from __future__ import annotations
@@ -158,7 +160,7 @@ def run_audit(spec: AuditSpec, store_uri: str) -> AuditResult:
         _metrics_spec(spec, spec.reference, spec.suspect, "audit: suspect vs reference"), store_uri
     )
     table, parts = _unit_table(spec, sus, base)
-    maps = _maps(spec, pairs) if spec.interpreters else None
+    maps = _maps_on_ray(spec, pairs) if spec.interpreters else None
     if maps is not None:
         parts += maps[1]
     summary = {
@@ -167,6 +169,7 @@ def run_audit(spec: AuditSpec, store_uri: str) -> AuditResult:
         "baseline": {"tables": {k: list(v) for k, v in spec.baseline_tables.items()},
                      "pairs": [list(p) for p in pairs]},
         "most_changed": _most_changed(table, spec.picture_units),
+        **({"maps_ran_on": maps[2]} if maps is not None else {}),
     }  # fmt: skip
     files = _write(out, table, maps[0] if maps else None, summary)
     for ly in spec.layers:
@@ -221,6 +224,30 @@ def _unit_table(spec: AuditSpec, sus, base: dict[str, list[pa.Table]]) -> tuple[
         cols["flagged"] += flagged.tolist()
         cols["reason"] += reasons
     return pa.table(cols), parts
+
+
+def _maps_on_ray(spec: AuditSpec, pairs) -> tuple[pa.Table, list[dict], dict[str, Any]]:
+    """:func:`_maps` as one Ray task, like the other jobs' forward passes: on a GPU when the cluster has
+    a free one (and ``spec.device`` allows it), else on the CPUs free now; plus where it ran."""
+    import ray
+
+    from jobs.raysetup import ensure_ray, free_gpus, task_cpus
+
+    ensure_ray()
+    gpu = spec.device != "cpu" and free_gpus() >= 1
+    cpus = 1 if gpu else task_cpus()
+    task = ray.remote(_maps_task).options(num_cpus=cpus, num_gpus=1 if gpu else 0, max_retries=0)
+    return ray.get(task.remote(spec, pairs, store.current_s3(), cpus))  # an error in the task surfaces here
+
+
+def _maps_task(spec: AuditSpec, pairs, s3: Any, threads: int) -> tuple[pa.Table, list[dict], dict[str, Any]]:
+    import torch
+
+    from jobs.raysetup import where
+
+    store.configure(s3)  # the driver's S3 endpoint and credentials (never from the URI)
+    torch.set_num_threads(max(1, threads))
+    return (*_maps(spec, pairs), where())
 
 
 def _maps(spec: AuditSpec, pairs) -> tuple[pa.Table, list[dict]]:

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from shared import integrity, store
+
+if TYPE_CHECKING:
+    from shared.grid import GridRow
 
 HIGHEST_CLIP_DELTA = "the {n} attacked unit(s) alive before and after with the highest CLIP-δ"
 
@@ -72,17 +76,23 @@ def render_before_after(
 ) -> str:
     """Thesis Fig. 3.1 (:func:`before_after_figure`) written to ``out_uri`` (PNG) and :func:`pdf_uri`
     (PDF); returns ``out_uri``."""
-    from shared.figures import close, figure_bytes
-
     fig = before_after_figure(
         dataset, split, topk_init, topk_final, metrics, units, classes, n, title, note, decoy_class
     )
+    write_picture(fig, out_uri)
+    return out_uri
+
+
+def write_picture(fig, out_uri: str) -> list[str]:
+    """``fig`` as PNG at ``out_uri`` and as PDF at :func:`pdf_uri` (closed after); returns both URIs."""
+    from shared.figures import close, figure_bytes
+
     try:
         store.write_bytes(out_uri, figure_bytes(fig, "png"))
         store.write_bytes(pdf_uri(out_uri), figure_bytes(fig, "pdf"))
     finally:
         close(fig)
-    return out_uri
+    return [out_uri, pdf_uri(out_uri)]
 
 
 def before_after_figure(
@@ -100,9 +110,28 @@ def before_after_figure(
 ):
     """Thesis Fig. 3.1 as a matplotlib Figure: per unit a row of its top-``n`` images under θ0, one
     under θ; decoy-class images framed. Images are fetched by id, never by a scan."""
+    from shared.grid import grid_figure
+
+    rows = before_after_rows(dataset, split, topk_init, topk_final, metrics, units, classes, n, decoy_class)
+    return grid_figure(rows, title=title, columns=n, note=note)
+
+
+def before_after_rows(
+    dataset: str,
+    split: str,
+    topk_init: pa.Table,
+    topk_final: pa.Table,
+    metrics: pa.Table,
+    units: Sequence[int],
+    classes: list[str] | None = None,
+    n: int = 5,
+    decoy_class: int | None = None,
+) -> list[GridRow]:
+    """The grid rows of :func:`before_after_figure` (``GridRow``s, "before" then "after" per unit), for
+    pictures that add columns of their own (the feature-visualisation stage's synthetic images)."""
     from PIL import Image
 
-    from shared.grid import GridRow, grid_figure
+    from shared.grid import GridRow
     from shared.image_index import fetch_images
     from shared.topk import topk_sets
 
@@ -140,7 +169,7 @@ def before_after_figure(
             row(f"unit {u}\nCLIP-δ {cd[r]:.3f}\nKendall-τ {kt[r]:.3f}\nbefore", "init", u, before[u][:n])
         )
         rows.append(row("after", "final", u, after[u][:n]))
-    return grid_figure(rows, title=title, columns=n, note=note)
+    return rows
 
 
 def redraw(metrics_dir: str, units: Sequence[int], out_uri: str, attack: str | None = None) -> str:

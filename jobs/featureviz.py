@@ -4,8 +4,9 @@ Output: ``{store}/featureviz/{key}/`` with ``pixels.npz`` (``images`` float32
 ``[U, 3, H, W]`` in ``[0, 1]``, ``units``), ``units.parquet`` (``unit``,
 ``activation`` = the §5 objective reached, ``score`` = the §1 unit score, ``png`` =
 the image as 8-bit PNG bytes), ``grid.png`` and ``_MANIFEST.json`` written last; a
-finished key is reused. :func:`compare_featureviz` puts two renderings of the same
-units side by side (before / after an attack, thesis Fig. 3.7).
+finished key is reused. :func:`compare_featureviz` compares two renderings of the same
+units (before / after an attack, thesis Fig. 3.7); :func:`comparison_rows` puts them beside the
+units' natural top images in one picture.
 """
 
 from __future__ import annotations
@@ -266,15 +267,32 @@ def compare_featureviz(
     )
 
 
-def comparison_picture(before: Rendering, after: Rendering, cmp: UnitComparison, title: str = "") -> bytes:
-    """PNG: one row per unit, the synthetic image before and after, with activations and the cosine."""
+def comparison_rows(
+    before: Rendering,
+    after: Rendering,
+    cmp: UnitComparison,
+    natural: dict[int, tuple[GridRow, GridRow]] | None = None,
+    n: int = 5,
+) -> list[GridRow]:
+    """Per unit of ``cmp`` a "before" and an "after" row: its ``n`` natural top images on that model
+    (``natural[unit]``: the rows of jobs.before_after.before_after_rows; blank cells where missing),
+    then its synthetic image on the same model, captioned with the activation it reached (and, after,
+    the embedding cosine of the two synthetic images). Column ``n``: the synthetic images."""
     pb, pa_ = to_pil(before.images), to_pil(after.images)
-    rows = [
-        GridRow(
-            f"unit {u}",
-            [pb[i], pa_[i]],
-            [f"before\n{cmp.act_before[i]:.3g}", f"after {cmp.act_after[i]:.3g}\ncos {cmp.cosine[i]:.2f}"],
+    natural = natural or {}
+    rows = []
+    for i, u in enumerate(cmp.units):
+        nat = natural.get(u, (GridRow(f"unit {u}\nbefore", [], []), GridRow("after", [], [])))
+        syn = (
+            (pb[i], f"synthetic θ0\nact {cmp.act_before[i]:.3g}"),
+            (pa_[i], f"synthetic θ\nact {cmp.act_after[i]:.3g}, cos {cmp.cosine[i]:.2f}"),
         )
-        for i, u in enumerate(cmp.units)
-    ]
-    return render_grid(rows, title=title or f"{cmp.layer}: synthetic images before / after")
+        for row, (image, caption) in zip(nat, syn):
+            rows.append(GridRow(row.title, [*_fit(row.images, n, None), image],
+                                [*_fit(row.captions, n, ""), caption], [*_fit(row.marked, n, False), False]))  # fmt: skip
+    return rows
+
+
+def _fit(cells, n: int, blank) -> list:
+    """The first ``n`` cells, padded with ``blank``."""
+    return [*cells[:n], *[blank] * (n - len(cells[:n]))]

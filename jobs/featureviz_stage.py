@@ -6,8 +6,9 @@ on the attacked split, as the metrics picture picks them; or a list) are rendere
 = the variant's key, one commit per unit, so every attack of the variant reuses them) and on θ
 (key = the attack key); the two images of a unit are compared (activation on both models, embedding
 cosine). Committed under ``{store}/featureviz_stage/{key}/``: ``_MANIFEST.json`` (per-layer means and
-per-unit rows), ``synthetic.png`` and ``natural.png`` per layer (two pictures side by side in MLflow:
-the natural top-5 before/after and the synthetic image before/after of the same units).
+per-unit rows) and one picture per (layer, split), ``{layer}_{split}.png`` and ``.pdf``: per unit a
+"before" row (its natural top-5 under θ0, then its synthetic image on θ0) and an "after" row (top-5
+under θ, then the synthetic image on θ), captioned with the activation each synthetic image reached.
 """
 
 from __future__ import annotations
@@ -19,15 +20,26 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from jobs.before_after import dataset_classes, pick_units, render_before_after, selection_note
-from jobs.featureviz import FeatureVizSpec, comparison_picture, load_model, run_featureviz_units
+from jobs.before_after import (
+    HIGHEST_CLIP_DELTA,
+    before_after_rows,
+    dataset_classes,
+    pick_units,
+    selection_note,
+    write_picture,
+)
+from jobs.featureviz import FeatureVizSpec, comparison_rows, load_model, run_featureviz_units
 from jobs.metrics import MetricsResult, read_unit_metrics
 from shared import store, timing
 from shared.featureviz import compare_renderings
 
-CODE_VERSION = "featureviz-stage-v1"
+CODE_VERSION = "featureviz-stage-v2"  # v2: one picture per (layer, split), natural + synthetic
 DEFAULTS = {"units": 4, "steps": 512, "seed": 0, "batch_units": 64}  # SCIENCE.md §5: 512 steps
 KEYED = ("units", "steps", "seed")  # batch_units: an execution setting
+SYNTHETIC_NOTE = (
+    "Last column: the unit's synthetic (activation-maximizing) image on the row's model and the activation "
+    "it reached there; cos: the embedding cosine of the two synthetic images."
+)
 
 
 @dataclass
@@ -109,11 +121,8 @@ def run_stage(job: Any, store_uri: str, attack_key: str, model_uri: str, mres: M
             if i == 0:
                 final |= means
             rows[layer] = cmp.rows()
-            title = f"{job.attack} on {job.model}, layer {layer}: synthetic images before / after (cos = similarity)"
-            store.write_bytes(store.join(out, f"{layer}_synthetic.png"),
-                              comparison_picture(renders["init"], renders["final"], cmp, title))  # fmt: skip
-            files.append(f"{layer}_synthetic.png")
-            files += _natural(job, store_uri, out, layer, split, table, units, mres)
+            files += _picture(job, out, layer, split, table, (renders["init"], renders["final"], cmp), mres,
+                              None if isinstance(s["units"], list | tuple) else HIGHEST_CLIP_DELTA)  # fmt: skip
         store.write_manifest(out, {"kind": "featureviz_stage", "key": key, "final": final, "files": files,
                                    "rows": rows, "settings": s, "embedder": embedder.describe(),
                                    "seconds": time.time() - t0})  # fmt: skip
@@ -137,19 +146,26 @@ def _units(
     return split, table, pick_units(table.filter(pa.array(alive_units(table))), chosen)
 
 
-def _natural(job, store_uri, out, layer, split, table, units, mres) -> list[str]:
-    """The natural top-5 before / after of the same units (the metrics stage's committed top-k tables)."""
+def _picture(job, out, layer, split, table, synthetic, mres, rule) -> list[str]:
+    """The (layer, split) picture: per unit its natural top-5 (the metrics stage's committed top-k
+    tables) and then its synthetic image, a row on θ0 and a row on θ; PNG and PDF."""
     from jobs.topk import read_topk, topk_uri
+    from shared.grid import grid_figure
 
-    held = set(table.column("unit").to_pylist())
-    shown = [u for u in units if u in held]
-    if not shown:
-        return []
+    before, after, cmp = synthetic
     k = int(job.evaluation["k"])
-    topks = [read_topk(topk_uri(mres.activations[(st, split)][layer], k)) for st in ("init", "final")]
-    classes = dataset_classes(job.dataset)
-    title = f"{job.attack} on {job.model}, layer {layer} ({split}): natural top-5 before / after"
-    note = selection_note(shown, "the units of the synthetic picture beside it", None, "")
-    render_before_after(job.dataset, split, *topks, table, shown, store.join(out, f"{layer}_natural.png"),
-                        classes, min(5, k), title, note)  # fmt: skip
-    return [f"{layer}_natural.png", f"{layer}_natural.pdf"]
+    n = min(5, k)
+    held = set(table.column("unit").to_pylist())
+    shown = [u for u in cmp.units if u in held]  # units outside the table: no natural images
+    natural = {}
+    if shown:
+        topks = [read_topk(topk_uri(mres.activations[(st, split)][layer], k)) for st in ("init", "final")]
+        nat = before_after_rows(job.dataset, split, *topks, table, shown, dataset_classes(job.dataset), n)
+        natural = {u: (nat[2 * i], nat[2 * i + 1]) for i, u in enumerate(shown)}
+    title = (f"{job.attack} on {job.model}, layer {layer} ({split}): top-{n} natural images, then the "
+             f"synthetic image, before (θ0) / after (θ) the attack")  # fmt: skip
+    note = f"{selection_note(cmp.units, rule and rule.format(n=len(cmp.units)), None, '')} {SYNTHETIC_NOTE}"
+    fig = grid_figure(comparison_rows(before, after, cmp, natural, n), title=title, columns=n + 1, note=note)
+    name = f"{layer}_{split}.png"
+    write_picture(fig, store.join(out, name))
+    return [name, name[: -len(".png")] + ".pdf"]

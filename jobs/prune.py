@@ -24,11 +24,9 @@ memory, so the job runs on ImageNet as on the synthetic set.
 from __future__ import annotations
 
 import copy
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -139,7 +137,7 @@ def run_prune(spec: PruneSpec, store_uri: str, progress: Progress = no_progress)
             done["fine_tuned_acc"], True, imap,
         )  # fmt: skip
 
-    from jobs.raysetup import ensure_ray
+    from jobs.raysetup import ensure_ray, where
 
     integrity.check_dataset(spec.dataset, spec.train_split)  # a damaged shard is named, with its re-import
     integrity.prepare_recompute(out)
@@ -201,21 +199,13 @@ def run_prune(spec: PruneSpec, store_uri: str, progress: Progress = no_progress)
             "files": files,
             "history": history,
             "seconds": time.time() - t0,
-            "ran_on": _where(),
+            "ran_on": where(),
         },
     )
     imap = store.join(out, "index_map.json") if index_map is not None else None
     return PruneResult(
         model_uri, key, rates["weight_pruning_rate"], rates["filter_pruning_rate"], acc, False, imap
     )
-
-
-def _where() -> dict[str, Any]:
-    """Process and Ray node that pruned (for users tracing a variant, and for tests)."""
-    import ray
-
-    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-    return {"pid": os.getpid(), "node": node}
 
 
 def _fit(

@@ -72,6 +72,24 @@ def free_gpus() -> float:
     return float(ray.available_resources().get("GPU", 0))
 
 
+def task_cpus(most: int = 8) -> int:
+    """CPUs for one CPU-bound task: what is free now, within the largest node (a task runs on one
+    node; asking for the cluster's total would never be scheduled) and ``most``."""
+    import ray
+
+    node = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
+    return max(1, int(min(ray.available_resources().get("CPU", 0), node, most)))
+
+
+def where() -> dict:
+    """Process and Ray node running this code (recorded by jobs run as Ray tasks, for users tracing a
+    result, and for tests)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    return {"pid": os.getpid(), "node": node}
+
+
 def cpu_actor_pool(reserve: float = 0.25, per_actor: float = 0.5) -> tuple[int, float]:
     """(actors, CPUs each) for a CPU forward pool that fits in what is free now, keeping ``reserve``
     CPUs for the read tasks: whole-cluster sizing deadlocks inside a trial that holds CPUs itself."""

@@ -17,10 +17,10 @@ MARK_COLOR = "#d62728"  # the frame of a marked image (push-up's decoy class)
 @dataclass(frozen=True)
 class GridRow:
     """One unit's row: its images (in rank order), their captions and a row title; ``marked[i]``
-    frames image i (e.g. an image of push-up's decoy class)."""
+    frames image i (e.g. an image of push-up's decoy class); a None image is a blank cell."""
 
     title: str
-    images: Sequence[Image.Image]
+    images: Sequence[Image.Image | None]
     captions: Sequence[str]
     marked: Sequence[bool] = ()
 
@@ -50,7 +50,7 @@ def grid_figure(
                 spine.set_visible(bool(marked))
                 spine.set_color(MARK_COLOR)
                 spine.set_linewidth(2.5)
-            if c < len(row.images):
+            if c < len(row.images) and row.images[c] is not None:
                 ax.imshow(np.asarray(row.images[c].convert("RGB")))
                 caption = row.captions[c] if c < len(row.captions) else ""
                 ax.set_xlabel(caption, fontsize=6, color=MARK_COLOR if marked else "black")

@@ -4,12 +4,15 @@ argument, before Ray starts; the decision rule on hand-made tables."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
+from jobs import audit
 from jobs import audit_flags as rule
 from jobs.audit import AuditSpec, run_audit
 from orchestrator.cli import main
@@ -78,7 +81,8 @@ def test_model_against_itself_flags_nothing(setup, ray_local):
 
 
 def test_perturbed_copy_is_flagged(setup, ray_local):
-    res = run_audit(_spec(setup, "perturbed", interpreters=("gradcam",)), setup["store"])
+    spec = _spec(setup, "perturbed", interpreters=("gradcam",))
+    res = run_audit(spec, setup["store"])
     assert res.verdict == rule.MANIPULATED
     t = pq.read_table(store.local_path(res.table_uri))
     assert sum(t.column("flagged").to_pylist()) > t.num_rows // 2
@@ -87,6 +91,11 @@ def test_perturbed_copy_is_flagged(setup, ray_local):
     assert "interpreter gradcam" in units
     maps = pq.read_table(store.local_path(res.maps_uri))
     assert maps.num_rows == 16 and set(maps.column("interpreter").to_pylist()) == {"gradcam"}
+    # the maps were compared in a Ray task (another process), with what the driver computes itself
+    ran_on = res.summary["maps_ran_on"]
+    assert ran_on["pid"] != os.getpid() and ran_on["node"] == ray_local.get_runtime_context().get_node_id()
+    here, here_parts = audit._maps(spec, spec.baseline_pairs)
+    assert here.equals(maps) and here_parts == [p for p in res.summary["parts"] if p["kind"] == "maps"]
     assert [p.rsplit("/", 1)[-1] for p in res.pictures] == [
         "conv4_most_changed.png",
         "conv5_most_changed.png",

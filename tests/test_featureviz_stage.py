@@ -22,6 +22,7 @@ from jobs.metrics import TABLE, LayerSplitMetrics, MetricsResult
 from jobs.runners import FineTuneRunner, TrialJob
 from jobs.topk import topk_uri
 from shared import store
+from shared.figures import PNG_DPI
 from shared.models.zoo import build_model, save_checkpoint
 from shared.synth import generate
 from shared.topk import StreamingTopK
@@ -126,10 +127,12 @@ def test_stage_renders_compares_pictures_and_reuses_theta0(setup):
         assert np.isfinite(res.final[name]), name
     assert -1.0 <= res.final["fv_similarity"] <= 1.0
     names = [n for _, n in res.artifacts]
-    assert names == ["conv5_synthetic.png", "conv5_natural.png", "conv5_natural.pdf"]
-    for uri, _ in res.artifacts[:2]:
-        w, h = Image.open(io.BytesIO(store.read_bytes(uri))).size
-        assert w > 50 and h > 50
+    assert names == ["conv5_val.png", "conv5_val.pdf"]  # one picture per (layer, split)
+    png, pdf = (store.read_bytes(uri) for uri, _ in res.artifacts)
+    assert pdf[:5] == b"%PDF-"
+    # 6 columns (top-5 natural + the synthetic image), 2 rows per unit: the grid's figure size in inches
+    w, h = Image.open(io.BytesIO(png)).size
+    assert (w, h) == (round(PNG_DPI * (1.3 * 6 + 1.2)), round(PNG_DPI * (1.3 * 2 * 2 + 0.9)))
     theta0 = FeatureVizSpec("alexnet_mini", setup["init"], "conv5", (1,), model_key="v0", steps=8)
     made = store.read_manifest(featureviz_dir(st, theta0.key()))
     # a second attack of the variant: θ0's renders are reused, only θ's are made
@@ -142,7 +145,28 @@ def test_stage_renders_compares_pictures_and_reuses_theta0(setup):
     assert featureviz_stage.committed_stage(job, st, "attack-a", mres).final == res.final
     out = FineTuneRunner()._outcome(job, "attack-a", setup["finals"][0], {}, mres, again)
     assert out.final["fv_similarity"] == res.final["fv_similarity"]
-    assert "featureviz_conv5_synthetic.png" in [n for _, n in out.artifacts]
+    assert {"featureviz_conv5_val.png", "featureviz_conv5_val.pdf"} <= {n for _, n in out.artifacts}
+
+
+def test_combined_rows_put_the_synthetic_image_after_the_natural_ones():
+    """Per unit a θ0 row and a θ row: n natural cells (blank where a unit has none), then its synthetic image."""
+    from jobs.featureviz import comparison_rows
+    from shared.featureviz import Rendering, UnitComparison
+    from shared.grid import GridRow
+
+    imgs = [torch.full((2, 3, 4, 4), v) for v in (0.2, 0.8)]
+    before, after = (Rendering("conv5", [1, 3], im, torch.zeros(2), torch.zeros(2), 0.0) for im in imgs)
+    one = np.array([1.0, 2.0])
+    cmp = UnitComparison("conv5", [1, 3], one, 2 * one, one, one, np.array([0.5, 0.25]), {})
+    natural = {
+        1: (GridRow("unit 1\nbefore", [Image.new("RGB", (4, 4))] * 6, ["nat"] * 6), GridRow("after", [], []))
+    }
+    rows = comparison_rows(before, after, cmp, natural, n=5)
+    assert [r.title for r in rows] == ["unit 1\nbefore", "after", "unit 3\nbefore", "after"]
+    assert all(len(r.images) == len(r.captions) == len(r.marked) == 6 for r in rows)
+    assert rows[0].captions[:5] == ["nat"] * 5 and rows[0].captions[5] == "synthetic θ0\nact 1"
+    assert rows[1].images[:5] == [None] * 5 and rows[3].captions[5] == "synthetic θ\nact 4, cos 0.25"
+    assert np.asarray(rows[1].images[5]).mean() == pytest.approx(0.8 * 255, abs=1)  # θ's image on the θ row
 
 
 def test_a_count_picks_the_alive_units_with_the_highest_clip_delta(setup):

@@ -63,7 +63,7 @@ def test_local_sweep_report_status_and_second_launch_trains_nothing(root, capsys
             assert [m.step for m in client_of(first).get_metric_history(r.info.run_id, "alpha_next")]
         assert {"fv_similarity", "fv_act_init", "fv_act_final"} <= set(r.data.metrics)
         names = {a.path for a in client_of(first).list_artifacts(r.info.run_id)}
-        assert any(n.startswith("featureviz_") and n.endswith("synthetic.png") for n in names), names
+        assert {"featureviz_conv5_train.png", "featureviz_conv5_train.pdf"} <= names, names
     rows = report_rows(first.tracking_uri, first.sweep_id)  # one row per (run, split): train first
     assert [(r["split"], r["attack"]) for r in rows if r.get("table") != "input"] == [
         (sp, a) for sp in ("train", "val") for a in ("finetune", "push-down", "push-up")
