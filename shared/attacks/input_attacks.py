@@ -167,17 +167,8 @@ class InputAttacks(AttackFamily):
 
     @classmethod
     def job_config(cls, entry: InputAttack) -> dict[str, Any]:
-        keep = (
-            "interpreter",
-            "layer",
-            "images",
-            "target",
-            "image_seed",
-            "picture_images",
-            "batch_size",
-            "executor",
-        )
-        keep += tuple(PARAMS[entry.name])  # the perturbation's own settings (perturbation_args)
+        keep = ("interpreter", "layer", "images", "target", "image_seed", "picture_images")
+        keep += ("batch_size", "executor", *PARAMS[entry.name])  # execution settings; the perturbation's own
         out = {k: v for k, v in entry.model_dump(mode="json").items() if k in keep}
         out["formula"] = get_perturbation(entry.name).formula  # the rule used, logged as a run param
         return out
