@@ -2,33 +2,34 @@
 
 One model from the store (a base model, a pruned variant or a trial's fine-tuned model) is
 attacked on a seeded subset of the validation split with a ``shared.perturb`` plugin, batch
-by batch on the chosen device (CUDA when present). Within a Tune trial this runs in the
-trial's process: a plain batched loop, no Ray Data pipeline inside a trial. Output:
+by batch. Two executors attack the same batches with the same code (``jobs.input_parts``):
+``local`` in the calling process on its device (a Tune trial that holds a GPU) and ``ray-data``,
+a Ray Data job whose actors load the victim once each, one GPU per actor where GPUs are free,
+CPU actors otherwise (``jobs.input_raydata``); ``auto`` picks (:func:`choose_executor`). Output:
 ``{store}/input_attacks/model={model_key}/{key}/`` with ``images.parquet`` (one row per image:
 its id, label, target, clean prediction and every per-image column of the attack), the
-pictures and, last, ``_MANIFEST.json`` with the summary; a committed key is never recomputed.
+pictures and, last, ``_MANIFEST.json`` with the summary and the executor that ran; a committed
+key is never recomputed.
 """
 
 from __future__ import annotations
 
 import io
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
-from jobs.saliency_eval import split_images
+from jobs import input_parts as parts
 from shared import store
 from shared.device import pick_device
-from shared.models.zoo import build_model, model_info
-from shared.perturb import check_targets, get_perturbation, make_victim, random_targets
+from shared.perturb import get_perturbation
 
 CODE_VERSION = "input-attack-v1"
-EXECUTION_ONLY = ("weights", "device", "batch_size")
+EXECUTION_ONLY = ("weights", "device", "batch_size", "executor")
+EXECUTORS = ("auto", "local", "ray-data")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class InputAttackSpec:
     formula: str = ""
     device: str = field(default="auto", compare=False)
     batch_size: int = field(default=16, compare=False)
+    executor: str = field(default="auto", compare=False)  # one of EXECUTORS: where the batches are attacked
 
     def key(self, dataset_id: str) -> str:
         ident = {k: v for k, v in asdict(self).items() if k not in EXECUTION_ONLY}
@@ -65,6 +67,8 @@ class InputAttackResult:
     pictures: list[tuple[str, str]]  # (store URI, artifact file name)
     skipped: bool
     seconds: float
+    executor: str = ""  # "local" or "ray-data": the one that computed it (when skipped, as recorded)
+    pool: str = ""  # ray-data: the actor pool it ran on (actors, CPUs and GPUs each)
 
 
 def result_dir(store_uri: str, spec: InputAttackSpec, key: str) -> str:
@@ -80,7 +84,34 @@ def committed(spec: InputAttackSpec, store_uri: str) -> InputAttackResult | None
     if m is None or m.get("key") != key:
         return None
     pics = [(store.join(out, f), f) for f in m.get("pictures", [])]
-    return InputAttackResult(out, m["summary"], store.join(out, "images.parquet"), pics, True, 0.0)
+    table = store.join(out, "images.parquet")
+    return InputAttackResult(
+        out, m["summary"], table, pics, True, 0.0, m.get("executor", ""), m.get("pool", "")
+    )
+
+
+def choose_executor(requested: str) -> str:
+    """``auto``: ``local`` where this process holds a GPU (a trial's: the attack is fastest there) or Ray is
+    not started; ``ray-data`` where GPUs are free (one actor each); else the activations' rule
+    (``jobs.activations.choose_executor``: ``ray-data`` for a driver on several nodes, else ``local``)."""
+    if requested not in EXECUTORS:
+        raise ValueError(
+            f"InputAttackSpec.executor={requested!r} is not known; valid: {', '.join(EXECUTORS)} (auto: "
+            "local in a process that holds a GPU or without Ray, ray-data when GPUs are free)"
+        )
+    if requested != "auto":
+        return requested
+    import ray
+
+    from jobs import activations
+    from jobs.raysetup import free_gpus
+
+    if not ray.is_initialized():
+        return "local"
+    in_task = ray.get_runtime_context().get_task_id() is not None
+    if in_task and ray.get_gpu_ids():
+        return "local"
+    return "ray-data" if free_gpus() >= 1 else activations.choose_executor("auto")
 
 
 def run_input_attack(spec: InputAttackSpec, store_uri: str) -> InputAttackResult:
@@ -91,80 +122,41 @@ def run_input_attack(spec: InputAttackSpec, store_uri: str) -> InputAttackResult
     if done is not None:
         return done
     t0 = time.time()
+    executor = choose_executor(spec.executor)
     key = spec.key(dataset_id(spec.dataset))
     out = result_dir(store_uri, spec, key)
-    device = pick_device(spec.device)
-    model = build_model(spec.model, weights=spec.weights)[0].to(device).eval()
-    victim = make_victim(model, spec.model, spec.interpreter, spec.layer)
-    ids, x, labels, targets = _images(spec, model, device)
-    perturbation = get_perturbation(spec.attack)(**spec.params)
-    columns: dict[str, list] = {"image_id": ids, "label": labels.tolist(), "target": targets.tolist()}
-    shown: dict[str, torch.Tensor] = {}
-    for i in range(0, len(x), spec.batch_size):
-        xb = x[i : i + spec.batch_size].to(device)
-        yb, tb = labels[i : i + len(xb)].to(device), targets[i : i + len(xb)].to(device)
-        cols = perturbation.attack(victim, xb, yb, tb)
-        cols["clean_pred"] = victim.logits(xb).argmax(1)
-        _collect(columns, cols)
-        if i < spec.picture_images:  # the pictures' images: the first ones, with their attack's images
-            for k, v in cols.items():
-                if v.dim() == 4 or k.startswith("region_"):
-                    shown[k] = torch.cat([shown[k], v.cpu()]) if k in shown else v.detach().cpu()
-    table = pa.table(columns)
-    summary = _summary(columns)
+    # the driver's model draws the targets and the pictures; with ray-data the GPUs belong to the actors
+    device = pick_device(spec.device if executor == "local" else "cpu")
+    victim = parts.load_victim(spec.model, spec.weights, spec.interpreter, spec.layer, device)
+    ids, x, labels, targets = parts.prepare(spec, victim, device)
+    batches = parts.input_batches(ids, x, labels, targets, spec.batch_size)
+    shape, sizing = tuple(x.shape[1:]), ""
+    if executor == "local":
+        perturbation = get_perturbation(spec.attack)(**spec.params)
+        tables = [
+            parts.attack_batch(victim, perturbation, b, device, shape, spec.picture_images) for b in batches
+        ]
+    else:
+        from jobs.input_raydata import run_ray_data
+        from jobs.raysetup import ensure_ray
+
+        ensure_ray()  # joins the trial's cluster, or starts a local one for a driver without it
+        tables, size = run_ray_data(spec, batches, shape)
+        sizing = size.describe()
+    table, shown = parts.assemble(tables)
+    summary = parts.summary(table)
     store.write_bytes(store.join(out, "images.parquet"), _parquet(table))
     pictures = _pictures(spec, victim, x, labels, targets, shown, device)
     for name, png in pictures.items():
         store.write_bytes(store.join(out, name), png)
     summary["seconds"] = time.time() - t0  # the measurement's cost, kept with it (a reused one costs 0)
     store.write_manifest(out, {"kind": "input-attack", "key": key, "spec": asdict(spec), "summary": summary,
-                               "pictures": list(pictures), "files": ["images.parquet", *pictures]})  # fmt: skip
+                               "executor": executor, "pool": sizing, "pictures": list(pictures),
+                               "files": ["images.parquet", *pictures]})  # fmt: skip
     pics = [(store.join(out, n), n) for n in pictures]
-    return InputAttackResult(out, summary, store.join(out, "images.parquet"), pics, False, time.time() - t0)
-
-
-def _images(
-    spec: InputAttackSpec, model, device
-) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The attacked images in [0, 1] pixels, their labels and targets (a fixed target skips its own class)."""
-    ids, pixels, labels = split_images(spec.dataset, spec.split, spec.model, spec.images, spec.seed)
-    pre = model_info(spec.model).preprocess
-    mean, std = torch.tensor(pre.mean).view(3, 1, 1), torch.tensor(pre.std).view(3, 1, 1)
-    x = (pixels * std + mean).clamp(0, 1)
-    with torch.no_grad():
-        classes = int(model(pixels[:1].to(device)).shape[1])
-    if spec.target == "random":
-        targets = random_targets(labels, classes, torch.Generator().manual_seed(spec.seed))
-        return ids, x, labels, targets
-    targets = check_targets(int(spec.target), len(labels), classes, torch.device("cpu"))
-    keep = (labels != targets).nonzero().flatten()
-    if len(keep) == 0:
-        raise ValueError(f"every attacked image is of the target class {spec.target}: nothing to attack")
-    return [ids[i] for i in keep.tolist()], x[keep], labels[keep], targets[keep]
-
-
-def _collect(columns: dict[str, list], cols: dict[str, torch.Tensor]) -> None:
-    """Per-image columns: [N] values, [N, R] as lists (PSE's regions); images stay out of the table."""
-    for k, v in cols.items():
-        if v.dim() > 2:
-            continue
-        v = v.detach().cpu()
-        v = v.float() if v.dtype.is_floating_point else v
-        columns.setdefault(k, []).extend(v.tolist())
-
-
-def _summary(columns: dict[str, list]) -> dict[str, float]:
-    """Image means of every scalar column (non-finite values, e.g. an Adv² image never on target, left out)."""
-    out: dict[str, float] = {"images": float(len(columns["image_id"]))}
-    for k, values in columns.items():
-        if k in ("image_id", "label", "target", "clean_pred") or not values or isinstance(values[0], list):
-            continue
-        finite = [float(v) for v in values if math.isfinite(float(v))]
-        if finite:
-            out[k] = sum(finite) / len(finite)
-    pred, label = columns["clean_pred"], columns["label"]
-    out["clean_acc"] = sum(p == y for p, y in zip(pred, label)) / len(label)
-    return out
+    return InputAttackResult(
+        out, summary, store.join(out, "images.parquet"), pics, False, time.time() - t0, executor, sizing
+    )
 
 
 def _pictures(spec, victim, x, labels, targets, shown, device) -> dict[str, bytes]:

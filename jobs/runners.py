@@ -318,6 +318,7 @@ class InputRunner(Runner):
             layer=job.layers[0], images=int(c["images"]), target=c["target"],
             seed=job.seed if c.get("image_seed") is None else int(c["image_seed"]), split=job.val_split,
             picture_images=int(c["picture_images"]), formula=c.get("formula", ""), batch_size=int(c["batch_size"]),
+            executor=c.get("executor", "auto"),
         )  # fmt: skip
 
     def attack_key(self, job: TrialJob, dataset_id: str) -> str:

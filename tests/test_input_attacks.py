@@ -1,6 +1,7 @@
 """Input-space attacks as a family (SCIENCE.md §7): spec errors before Ray, trials on trials' models
 (planning, counting, plan's cost), the runner on a tiny model (Parquet, metrics, content-key reuse),
-the report's rows; (slow) one sweep where adv2 attacks the base model and the push-down trial's model."""
+the executors' choice and pool size, the report's rows; (slow) the Ray Data job inside a trial gives
+the local table; (slow) one sweep where adv2 attacks the base model and the push-down trial's model."""
 
 from __future__ import annotations
 
@@ -200,3 +201,63 @@ def test_report_rows_and_table():
     md = fam.render_markdown([row, pse])
     assert "| vgg_mini | none | push-down conv4 | adv2 | gradcam | 95.0 | 0.100 |" in md
     assert "| vgg_mini | none | push-down | gradcam | 50.0 | 25.0 |" in md and "in true CAM %" in md
+
+
+@pytest.mark.slow  # Ray: a task, then a Ray Data actor, each importing torch (about 50 s on 2 busy cores)
+def test_the_ray_data_job_in_a_trial_gives_the_local_table(tiny, ray_local):
+    """The same per-image table and summary from both executors; ``ray-data`` runs inside a Ray task that
+    holds one of the two CPUs, as a trial does, so its actor pool must fit in the one CPU left free."""
+    from dataclasses import replace
+
+    from jobs.input_attacks import run_input_attack
+    from jobs.runners import runner_for
+    from shared import store
+
+    job = _job(tiny, {"name": "adv2", "steps": 2, "joint_steps": 2, "images": 6, "batch_size": 2,
+                      "picture_images": 3, "executor": "ray-data"})  # fmt: skip
+    spec = runner_for(job.attack).input_spec(job)
+    assert spec.executor == "ray-data" and replace(spec, executor="local").key("ds") == spec.key("ds")
+    trial = ray_local.remote(num_cpus=1)(run_input_attack)
+    remote = ray_local.get(trial.remote(spec, str(tiny["root"] / "ray")), timeout=300)
+    local = run_input_attack(replace(spec, executor="local"), str(tiny["root"] / "local"))
+    assert (remote.executor, remote.pool, local.executor) == (
+        "ray-data",
+        "1 actor(s) x 1 CPU, 0 GPU",
+        "local",
+    )
+    tables = []
+    for res in (local, remote):
+        fs, path = store.resolve(res.table_uri)
+        tables.append(pq.read_table(path, filesystem=fs))
+        assert store.read_manifest(res.uri)["executor"] == res.executor
+    assert tables[0].num_rows == 6 and tables[0].equals(tables[1]), (tables[0], tables[1])
+    assert {k: v for k, v in remote.summary.items() if k != "seconds"} == {
+        k: v for k, v in local.summary.items() if k != "seconds"
+    }
+    assert [n for _, n in remote.pictures] == [n for _, n in local.pictures] == ["maps.png"]
+
+
+def test_executor_choice_and_the_pool_inside_a_trial(monkeypatch):
+    """``auto`` on one node without free GPUs: local; with free GPUs: ray-data, one GPU actor each (at most
+    one per batch) and a share of the free CPUs; CPU actors: one free CPU each; unknown executors listed."""
+    import ray
+
+    import jobs.raysetup
+    from jobs import input_attacks
+    from jobs.input_raydata import Pool, pool
+
+    free = {"CPU": 2.0}
+    monkeypatch.setattr(ray, "available_resources", lambda: dict(free))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
+    monkeypatch.setattr(jobs.raysetup, "free_gpus", lambda: 0.0)
+    assert input_attacks.choose_executor("ray-data") == "ray-data"
+    with pytest.raises(ValueError, match="valid: auto, local, ray-data"):
+        input_attacks.choose_executor("gpu")
+    assert pool(5) == Pool(2, 1.0, 0, 1) and pool(1) == Pool(1, 1.0, 0, 1)  # 2 of 4 CPUs free: 1 each
+    free["CPU"] = 0.0  # a trial holds every CPU: one actor on a sliver, never a pool that waits forever
+    assert pool(5) == Pool(1, 0.01, 0, 1)
+    monkeypatch.setattr(jobs.raysetup, "free_gpus", lambda: 4.0)
+    free["CPU"] = 2.0
+    assert pool(3) == Pool(3, 0.6667, 1, 2) and pool(8) == Pool(4, 0.5, 1, 2)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    assert input_attacks.choose_executor("auto") == "local"  # no Ray: the caller's process

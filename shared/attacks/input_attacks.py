@@ -76,6 +76,9 @@ class InputAttack(AttackConfig):
     image_seed: int | None = None  # draws the images and random targets; null: the trial's seed
     picture_images: int = Field(4, ge=0)  # images in the maps / regions picture
     batch_size: int = Field(16, ge=1)  # images per batch (execution only: results do not depend on it)
+    # where the batches are attacked (execution only): "local", the trial's process and device; "ray-data",
+    # an actor pool (a GPU each where GPUs are free, else CPU actors); "auto": local in a trial that holds a GPU
+    executor: Literal["auto", "local", "ray-data"] = "auto"
 
     @field_validator("eps")
     @classmethod
@@ -164,8 +167,8 @@ class InputAttacks(AttackFamily):
 
     @classmethod
     def job_config(cls, entry: InputAttack) -> dict[str, Any]:
-        keep = ("interpreter", "layer", "images", "target", "image_seed", "picture_images", "batch_size")
-        keep += tuple(PARAMS[entry.name])  # the perturbation's own settings (perturbation_args)
+        keep = ("interpreter", "layer", "images", "target", "image_seed", "picture_images")
+        keep += ("batch_size", "executor", *PARAMS[entry.name])  # execution settings; the perturbation's own
         out = {k: v for k, v in entry.model_dump(mode="json").items() if k in keep}
         out["formula"] = get_perturbation(entry.name).formula  # the rule used, logged as a run param
         return out
