@@ -16,6 +16,7 @@ ONE_WORKER = {"test_sweep_recovery.py": "sweeps", "test_sweeps.py": "sweeps"}
 LONGEST_FIRST = ("test_sweep_recovery.py", "test_sweeps.py", "test_ui.py", "test_audit.py")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     """Longest modules first (stable: the rest keep their order), a worker group per module. Goal measurements
     (``@pytest.mark.goals``: full-size pretraining, 512-step renders) run only with ``VIZSWEEP_GOALS=1``
