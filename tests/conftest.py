@@ -8,23 +8,21 @@ import pytest
 
 from tests.services import seaweedfs
 
-# `make test` runs the suite on two workers (pytest-xdist, --dist loadgroup). A module stays on one
-# worker with its prepared store; the sweep modules share one worker, one after the other: two sweeps
-# at once on 2 cores (each sizing its Ray pools to the whole machine) take 5x longer, not 2x. The
-# longest groups are handed out first so the workers end together.
-ONE_WORKER = {"test_sweep_recovery.py": "sweeps", "test_sweeps.py": "sweeps"}
-LONGEST_FIRST = ("test_sweep_recovery.py", "test_sweeps.py", "test_ui.py", "test_audit.py")
+# `make test` runs the modules on two workers (pytest-xdist, --dist loadfile): a module stays on one
+# worker with its prepared store. The sweeps are one module, so they run one after the other: two
+# sweeps at once on 2 cores (each sizing its Ray pools to the whole machine) take 5x longer, not 2x.
+# (xdist's loadgroup would say this with marks, but with pytest 9 its "@group" node ids are lost.)
+# The longest modules are handed out first so the workers end together.
+LONGEST_FIRST = ("test_sweeps.py", "test_ui.py", "test_audit.py")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Longest modules first (stable: the rest keep their order), a worker group per module. Goal measurements
+    """Longest modules first (stable: the rest keep their order). Goal measurements
     (``@pytest.mark.goals``: full-size pretraining, 512-step renders) run only with ``VIZSWEEP_GOALS=1``
     (``make goals``): minutes each, they would take most of ``make test``'s budget."""
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(ONE_WORKER.get(item.path.name, item.path.name)))
     if os.environ.get("VIZSWEEP_GOALS"):
         return
     skip = pytest.mark.skip(reason="a goal measurement at full size: make goals (VIZSWEEP_GOALS=1)")
