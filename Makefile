@@ -31,7 +31,7 @@ demo: install
 # Two workers (pytest-xdist): a module and its prepared store stay on one worker (tests/conftest.py); the
 # suite waits on Ray, MLflow and subprocess start-ups as much as it computes. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
-XDIST = -n $(TEST_WORKERS) --dist loadfile
+XDIST = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: install browser
 	$(PY) -m pytest -q --durations=40 $(XDIST)

@@ -12,7 +12,8 @@ from tests.services import seaweedfs
 # worker with its prepared store. The sweeps are one module, so they run one after the other: two
 # sweeps at once on 2 cores (each sizing its Ray pools to the whole machine) take 5x longer, not 2x.
 # (xdist's loadgroup would say this with marks, but with pytest 9 its "@group" node ids are lost.)
-# The longest modules are handed out first so the workers end together.
+# The longest modules are handed out first (with --no-loadscope-reorder: xdist would order them by
+# their number of tests) so the workers end together.
 LONGEST_FIRST = ("test_sweeps.py", "test_ui.py", "test_audit.py")
 
 
