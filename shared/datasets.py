@@ -454,17 +454,26 @@ def decode_image(data: bytes | None, pre: Preprocess) -> np.ndarray | None:
     try:
         with Image.open(io.BytesIO(data)) as im:
             im = im.convert("RGB")  # forces a full decode: a truncated file fails here
-        w, h = im.size
-        short, long = (w, h) if w <= h else (h, w)
-        new_long = int(pre.resize * long / short)  # torchvision Resize(int) arithmetic
-        nw, nh = (pre.resize, new_long) if w <= h else (new_long, pre.resize)
-        if (nw, nh) != (w, h):
-            im = im.resize((nw, nh), Image.Resampling.BILINEAR)
-        left = int(round((nw - pre.crop) / 2.0))
-        top = int(round((nh - pre.crop) / 2.0))
-        arr = np.asarray(im.crop((left, top, left + pre.crop, top + pre.crop)), dtype=np.float32)
+        return preprocess_image(im, pre)
     except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBombError)
         return None
+
+
+def preprocess_image(im: Any, pre: Preprocess) -> np.ndarray:
+    """An RGB PIL image as float32 [3, crop, crop] normalized pixels: torchvision's ``Resize(int)``
+    (shorter side, bilinear), ``CenterCrop``, ``ToTensor``, ``Normalize``, without importing
+    torchvision (its ops import torch._dynamo: seconds in every process)."""
+    from PIL import Image
+
+    w, h = im.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(pre.resize * long / short)  # torchvision Resize(int) arithmetic
+    nw, nh = (pre.resize, new_long) if w <= h else (new_long, pre.resize)
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.Resampling.BILINEAR)
+    left = int(round((nw - pre.crop) / 2.0))
+    top = int(round((nh - pre.crop) / 2.0))
+    arr = np.asarray(im.crop((left, top, left + pre.crop, top + pre.crop)), dtype=np.float32)
     arr = (arr / 255.0 - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
 

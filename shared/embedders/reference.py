@@ -14,11 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torchvision.transforms as T
 from PIL import Image
 from torch import nn
 
 from shared import store
+from shared.datasets import preprocess_image
 from shared.embedders.base import Embedder, EmbedderError, register_embedder
 
 
@@ -46,20 +46,13 @@ class ReferenceEmbedder(Embedder):
         self.checkpoint_uri = store.normalize(checkpoint_uri)
         self._meta = meta
         self._info = info
-        pre = info.preprocess
-        # Same arithmetic as shared.datasets.decode_image (shorter side -> resize, bilinear, centre crop),
-        # i.e. what the model saw in training and in the activation jobs.
-        self._transform = T.Compose(
-            [
-                T.Resize(pre.resize, interpolation=T.InterpolationMode.BILINEAR),
-                T.CenterCrop(pre.crop),
-                T.ToTensor(),
-                T.Normalize(pre.mean, pre.std),
-            ]
-        )
+        # shared.datasets.preprocess_image: the arithmetic of shared.datasets.decode_image (shorter side ->
+        # resize, bilinear, centre crop), i.e. what the model saw in training and in the activation jobs.
+        self._pre = info.preprocess
 
     def _preprocess(self, image: Image.Image) -> torch.Tensor:
-        return self._transform(image)
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        return torch.from_numpy(preprocess_image(rgb, self._pre))
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.model(batch), 1)

@@ -21,18 +21,26 @@ Supported: sequential VGG/AlexNet-style models, torchvision ResNets and the proj
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import densenet as tv_densenet
-from torchvision.models import resnet as tv_resnet
 
 from shared.interpreters.base import Interpreter, register_interpreter
 from shared.models.refnet import BasicBlock as MiniBlock
 from shared.models.refnet import ResNetMini
 from shared.models.zoo import LayerError
+
+
+def _torchvision_is(m: nn.Module, module: str, *classes: str) -> bool:
+    """``m`` is one of torchvision.models.``module``'s ``classes``. Read from ``sys.modules``: a model
+    of those classes exists only if torchvision built it, and importing torchvision here would cost
+    every process that computes maps seconds (its ops import torch._dynamo)."""
+    tv = sys.modules.get(f"torchvision.models.{module}")
+    return tv is not None and isinstance(m, tuple(getattr(tv, c) for c in classes))
+
 
 CONV_STABILISER = 1e-2  # α1β0 conv rule: z⁺ + 1e-2·sign(z⁺) (§6)
 LINEAR_EPSILON = 0.01  # ε-rule for Linear layers (§6)
@@ -89,9 +97,11 @@ def sequential_layers(model: nn.Module) -> Chain:
             ("flatten", nn.Flatten()),
             *_flatten_sequential("classifier", model.classifier),
         ]
-    if isinstance(model, tv_resnet.ResNet | ResNetMini):
+    if isinstance(model, ResNetMini) or _torchvision_is(model, "resnet", "ResNet"):
         return _children_then_head(model, "fc")
-    if isinstance(model, tv_densenet.DenseNet):  # features, relu, adaptive avg pool, flatten, classifier
+    if _torchvision_is(
+        model, "densenet", "DenseNet"
+    ):  # features, relu, adaptive avg pool, flatten, classifier
         return [
             *_flatten_sequential("features", model.features),
             ("relu", nn.ReLU()),
@@ -139,9 +149,9 @@ def _conv_plus(m: nn.Conv2d) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def _block_branches(m: nn.Module) -> tuple[Chain, Chain, nn.Module] | None:
     """``(main, shortcut, final activation)`` of a residual block, or None for any other module."""
-    if isinstance(m, tv_resnet.BasicBlock | tv_resnet.Bottleneck):
+    if _torchvision_is(m, "resnet", "BasicBlock", "Bottleneck"):
         names = ["conv1", "bn1", "relu", "conv2", "bn2"]
-        if isinstance(m, tv_resnet.Bottleneck):
+        if _torchvision_is(m, "resnet", "Bottleneck"):
             names += ["relu", "conv3", "bn3"]
         skip = _flatten_sequential("downsample", m.downsample) if m.downsample is not None else []
         return [(n, getattr(m, n)) for n in names], skip, m.relu
@@ -154,7 +164,7 @@ def _block_branches(m: nn.Module) -> tuple[Chain, Chain, nn.Module] | None:
 
 def _dense_layers(m: nn.Module) -> list[Chain] | None:
     """Each dense layer of a DenseNet block as a chain over the concatenation it reads, or None."""
-    if not isinstance(m, tv_densenet._DenseBlock):
+    if not _torchvision_is(m, "densenet", "_DenseBlock"):
         return None
     names = ["norm1", "relu1", "conv1", "norm2", "relu2", "conv2"]
     return [[(n, getattr(layer, n)) for n in names] for layer in m.values()]
