@@ -12,6 +12,7 @@ skipped. No Tune or MLflow here: the orchestrator wraps ``report`` and ``alpha_s
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -98,10 +99,20 @@ class _deterministic:
     def __enter__(self) -> None:
         self.prev = torch.are_deterministic_algorithms_enabled()
         if self.on:
-            torch.use_deterministic_algorithms(True)
+            _set_deterministic(True)
 
     def __exit__(self, *exc: object) -> None:
-        torch.use_deterministic_algorithms(self.prev)
+        _set_deterministic(self.prev)
+
+
+def _set_deterministic(mode: bool) -> None:
+    """``torch.use_deterministic_algorithms(mode)`` without its import of torch._inductor (3 s in a fresh
+    trial worker, to set inductor's flag for compiled code, which an attack never runs); the public call
+    when inductor is loaded already."""
+    if "torch._inductor" in sys.modules:
+        torch.use_deterministic_algorithms(mode)
+    else:
+        torch._C._set_deterministic_algorithms(mode)
 
 
 class _Trial:
