@@ -11,18 +11,15 @@ export PYTHONUNBUFFERED := 1
 
 install: $(STAMP)
 
-# pip byte-compiles file by file on one core; compileall -j 0 does the same on every core afterwards
-# (--no-compile, then compileall: ~1 min less). The .pyc files matter: with PYTHONDONTWRITEBYTECODE
-# set, as on our CI machines, a venv without them recompiles torch in every process (2x slower tests).
-# compileall's exit code is ignored: some packages ship files for other Python versions.
-$(STAMP): requirements.lock pyproject.toml
+# tools/install_lock.sh: the lock in five pip processes at once (no resolution: every package is
+# pinned), then compileall (the .pyc files matter where PYTHONDONTWRITEBYTECODE is set, as on our CI
+# machines). torchattacks (a test oracle only) pins requests~=2.25 for no reason of ours: it comes
+# with --no-deps like everything else, so it cannot downgrade the requests that MLflow and boto3 need.
+$(STAMP): requirements.lock pyproject.toml tools/install_lock.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check --no-compile -r requirements.lock
-	@# torchattacks (a test oracle only) pins requests~=2.25 for no reason of ours: without --no-deps it
-	@# would downgrade the requests that MLflow and boto3 need.
-	$(VENV)/bin/pip install -q --disable-pip-version-check --no-compile --no-deps torchattacks==3.5.1
+	tools/install_lock.sh $(VENV) requirements.lock torchattacks==3.5.1
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-compile --no-deps --no-build-isolation -e .
-	@$(PY) -m compileall -q -j 0 $(VENV)/lib orchestrator jobs shared vizsweep >/dev/null 2>&1 || true
+	@$(PY) -m compileall -q -j 0 orchestrator jobs shared vizsweep >/dev/null 2>&1 || true
 	@touch $@
 
 demo: install

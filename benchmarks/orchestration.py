@@ -12,9 +12,11 @@ the cost of one α change, and the makespan of 16 equal trials on a simulated 4-
 3. makespan: ``ray.cluster_utils.Cluster`` with 4 nodes of 1 fake GPU each, 16 trials of
    equal length through the same Tune setup (AlphaScheduler, 1 GPU per trial), vs 4 waves.
 
-Last line: one JSON object. ``--quick`` shortens the attack and the simulated trials.
+Last line: one JSON object. ``--quick`` shortens the attack and the simulated trials; ``--scale N``
+makes both N times longer (epochs of the attack, seconds of the simulated trials), to tell a fixed
+start-up cost (``fixed_s``: the same at every length) from a cost that grows with the trial.
 
-    python benchmarks/orchestration.py [--quick]
+    python benchmarks/orchestration.py [--quick] [--scale N]
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from shared.timing import share_outside
 
 
-def sweep_dict(root: str, quick: bool) -> dict:
+def sweep_dict(root: str, quick: bool, scale: int = 1) -> dict:
     return {
         "name": "bench",
         "store": os.path.join(root, "store0"),
@@ -41,12 +43,12 @@ def sweep_dict(root: str, quick: bool) -> dict:
         "models": [{"name": "alexnet_mini", "weights": "pretrain"}],
         "layers": ["conv5"],
         "attacks": [{"name": "push-down", "k": 5}],
-        "training": {"batch_size": 32, "epochs": 1 if quick else 2, "evals_per_epoch": 10, "eval_images": 128},
+        "training": {"batch_size": 32, "epochs": (1 if quick else 2) * scale, "evals_per_epoch": 10, "eval_images": 128},
         "metrics": {"embedder": "reference", "k": 5, "tau_images": 160, "picture_units": 2},
     }  # fmt: skip
 
 
-def overhead(root: str, quick: bool) -> dict:
+def overhead(root: str, quick: bool, scale: int = 1) -> dict:
     from jobs.raysetup import ensure_ray
     from jobs.runners import runner_for
     from orchestrator.phases.attacks import run_trials
@@ -57,7 +59,7 @@ def overhead(root: str, quick: bool) -> dict:
     from orchestrator.tracking import SweepTracker, client, find_child_runs
     from shared import store
 
-    spec = load_spec(sweep_dict(root, quick))
+    spec = load_spec(sweep_dict(root, quick, scale))
     ensure_ray()
     prep = prepare(spec)
     initial_tables(spec, prep)
@@ -100,6 +102,7 @@ def overhead(root: str, quick: bool) -> dict:
     missing = [k for k in PART_KEYS if k not in parts]
     assert not missing, f"the trial's final metrics lack {missing}: {sorted(run.data.metrics)}"
     return {"direct_s": round(direct, 2), "tune_s": round(tuned, 2), "overhead_ratio": round(tuned / direct, 3),
+            "fixed_s": round(tuned - direct, 2),
             "alpha_changes": len(waits), "alpha_change_mean_s": round(sum(waits) / len(waits), 4),
             "alpha_change_max_s": round(max(waits), 4), **parts,
             "outside_share": round(share_outside(parts), 3),
@@ -125,7 +128,7 @@ def equal_trial(config: dict) -> None:
         tune.report({"step": i + 1})
 
 
-def makespan(quick: bool) -> dict:
+def makespan(quick: bool, scale: int = 1) -> dict:
     import ray
     from ray import tune
     from ray.cluster_utils import Cluster
@@ -138,7 +141,7 @@ def makespan(quick: bool) -> dict:
         cluster.add_node(num_cpus=1, num_gpus=1)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
-    seconds = 4.0 if quick else 10.0
+    seconds = (4.0 if quick else 10.0) * scale
     try:
         with tempfile.TemporaryDirectory() as tmp:
             tuner = tune.Tuner(
@@ -155,31 +158,37 @@ def makespan(quick: bool) -> dict:
         ray.shutdown()
         cluster.shutdown()
     ideal = 16 / 4 * seconds
-    return {"makespan_s": round(took, 2), "ideal_s": ideal, "makespan_ratio": round(took / ideal, 3)}
+    return {
+        "makespan_s": round(took, 2),
+        "ideal_s": ideal,
+        "makespan_ratio": round(took / ideal, 3),
+        "makespan_fixed_s": round(took - ideal, 2),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--makespan-only", action="store_true", help="only part 3 (no attack run)")
+    ap.add_argument("--scale", type=int, default=1, help="N times longer trials (default 1)")
     args = ap.parse_args()
     from jobs.raysetup import quiet_ray_env
 
     quiet_ray_env()
     root = tempfile.mkdtemp(prefix="vz-orch-")
     if args.makespan_only:
-        print(json.dumps({"benchmark": "orchestration-makespan", **makespan(args.quick)}))
+        print(json.dumps({"benchmark": "orchestration-makespan", **makespan(args.quick, args.scale)}))
         return
-    o = overhead(root, args.quick)
+    o = overhead(root, args.quick, args.scale)
     print(f"attack run: direct {o['direct_s']} s, as a Tune trial with MLflow {o['tune_s']} s "
-          f"(ratio {o['overhead_ratio']}); α change: mean {o['alpha_change_mean_s']} s, "
+          f"(ratio {o['overhead_ratio']}, {o['fixed_s']} s more); α change: mean {o['alpha_change_mean_s']} s, "
           f"worst {o['alpha_change_max_s']} s over {o['alpha_changes']}", flush=True)  # fmt: skip
     print(parts_line(o), flush=True)
-    m = makespan(args.quick)
+    m = makespan(args.quick, args.scale)
     print(f"16 equal trials on 4 fake-GPU nodes: {m['makespan_s']} s vs ideal {m['ideal_s']} s "
           f"(ratio {m['makespan_ratio']})", flush=True)  # fmt: skip
     print(json.dumps({"benchmark": "orchestration", "ours": o["tune_s"], "baseline": o["direct_s"], "unit": "s",
-                      "ratio": o["overhead_ratio"], **o, **m, "quick": args.quick}))  # fmt: skip
+                      "ratio": o["overhead_ratio"], **o, **m, "quick": args.quick, "scale": args.scale}))  # fmt: skip
 
 
 if __name__ == "__main__":

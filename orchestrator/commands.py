@@ -281,7 +281,9 @@ def cmd_ui(store_uri: str, sweep_id: str, port: int = 5000, host: str = "127.0.0
     ready = f"MLflow UI on {base} (Ctrl-C stops it)\n{urls(base)}"
     print(f"starting the MLflow UI on {base} ...", flush=True)
     try:
-        return uiserver.serve(cmd, f"{base}/health", lambda: print(ready, flush=True))
+        return uiserver.serve(
+            cmd, f"{base}/health", lambda: print(ready, flush=True), env=uiserver.server_env()
+        )
     except RuntimeError as e:
         print(f"vizsweep: error: MLflow UI: {e}", file=sys.stderr)
         return 1

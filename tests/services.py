@@ -171,7 +171,9 @@ def mlflow_server(
     ]  # fmt: skip
     if artifacts_destination:
         cmd += ["--artifacts-destination", artifacts_destination]
-    full_env = {**os.environ, **(env or {})}
+    from orchestrator.uiserver import server_env
+
+    full_env = {**server_env(), **(env or {})}  # MLflow's job runner off, as in `vizsweep ui`
     if artifacts_destination and artifacts_destination.startswith("s3://"):
         if "MLFLOW_S3_ENDPOINT_URL" not in full_env and full_env.get("AWS_ENDPOINT_URL"):
             full_env["MLFLOW_S3_ENDPOINT_URL"] = full_env["AWS_ENDPOINT_URL"]

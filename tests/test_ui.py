@@ -205,6 +205,9 @@ def test_ui_answers_before_its_url_and_leaves_nothing_after_sigterm(tmp_path):
         _landing_page_shows_every_run(runs_url, runs, tmp_path)
         recorded = _tree(proc.pid)
         assert len(recorded) >= 2, f"no MLflow process under vizsweep ui: {recorded}"
+        # MLflow 3's job runner (GenAI jobs: a process and five huey consumers) stays off
+        cmds = [Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode() for p in recorded]
+        assert not [c for c in cmds if "huey" in c or "_job_runner" in c], cmds
         proc.send_signal(signal.SIGTERM)  # to vizsweep only: ending its tree is its job
         assert proc.wait(timeout=60) == 0, "".join(seen)
         assert _alive(recorded) == [], f"left running after SIGTERM: {_alive(recorded)} of {sorted(recorded)}"
