@@ -368,6 +368,7 @@ def test_killed_units_on_ray(setup, ray_local):
 
 def test_before_after_names_the_attack_marks_the_decoy_and_writes_a_pdf(setup, tmp_path):
     from jobs.before_after import before_after_figure, pdf_uri, picture_title, selection_note
+    from shared.grid import grid_cells
     from tests.pdf_text import pdf_text
 
     before, after = _topk(setup["data"], 0), _topk(setup["data"], 1)
@@ -380,19 +381,18 @@ def test_before_after_names_the_attack_marks_the_decoy_and_writes_a_pdf(setup, t
     classes = [f"class {i}" for i in range(16)]
     args = (setup["data"], "val", before, after, metrics, [0, 1])
     fig = before_after_figure(*args, classes, 5, title, note, decoy)
-    axes = fig.axes  # rows: unit 0 before, after, unit 1 before, after; 5 columns each
-    assert (
-        len(axes) == 4 * 5 and fig._suptitle.get_text() == title and "push-up" in title and "conv5" in title
-    )
+    cells = grid_cells(fig)  # rows: unit 0 before, after, unit 1 before, after; 5 columns each
+    captions = sorted(k for k in cells if k.startswith("caption-"))
+    assert captions == sorted(f"caption-{r}-{c}" for r in range(4) for c in range(5))
+    assert fig._suptitle.get_text() == title and "push-up" in title and "conv5" in title
     labels = dict(zip(after.column("image_id").to_pylist(), after.column("label").to_pylist()))
     after0 = [
         labels[i]
         for i in after.filter(pa.compute.equal(after.column("unit"), 0)).column("image_id").to_pylist()
     ]
     for c, label in enumerate(after0[:5]):  # the "after" row of unit 0: framed exactly where the decoy is
-        ax = axes[5 + c]
-        assert ax.spines["top"].get_visible() == (label == decoy)
-        name, score = ax.get_xaxis().get_label().get_text().split("\n")
+        assert (f"frame-1-{c}" in cells) == (label == decoy)
+        name, score = cells[f"caption-1-{c}"].get_text().split("\n")
         assert name == classes[label] and float(score) > 0  # the class and the unit's activation
     assert any(t.get_text() == note for t in fig.texts) and "highest CLIP-δ" in note and "decoy" in note
     out = render_before_after(*args, str(tmp_path / "ba.png"), classes, 5, title, note, decoy)
