@@ -11,6 +11,7 @@ from tests.services import seaweedfs
 # `make test` runs the modules on two workers (pytest-xdist, --dist loadfile): a module stays on one
 # worker with its prepared store. The sweeps are one module, so they run one after the other: two
 # sweeps at once on 2 cores (each sizing its Ray pools to the whole machine) take 5x longer, not 2x.
+# (A one-trial sweep, tests/test_sweep_imported.py, is a module apart: the other worker runs it.)
 # (xdist's loadgroup would say this with marks, but with pytest 9 its "@group" node ids are lost.)
 # The longest modules are handed out first (with --no-loadscope-reorder: xdist would order them by
 # their number of tests) so the workers end together.

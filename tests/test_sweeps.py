@@ -215,34 +215,6 @@ def test_pruned_variants_are_made_once_and_attacked_like_any_model(root):
     assert sum(p.numel() for p in attacked.parameters()) == sum(p.numel() for p in g.parameters())
 
 
-def test_a_sweep_runs_on_an_imported_ilsvrc_tree(tmp_path):
-    """ILSVRC-2012 layout (train/ and val/ class folders of JPEGs) -> import-imagenet -> a sweep.
-    The base model is a checkpoint file (random init), as a user's own model would be: the sweep
-    pretrains nothing on the imported copy."""
-    import torch
-
-    from orchestrator.cli import main
-    from orchestrator.sweep import launch
-    from shared.models import build_model, save_checkpoint
-    from shared.synth import generate
-
-    generate(str(tmp_path / "raw"), classes=16, train_per_class=16, val_per_class=6, size=64)
-    src, dest = tmp_path / "raw" / "folder", tmp_path / "imagenet"
-    assert sorted(p.name for p in src.iterdir()) == ["train", "val"]
-    assert main(["data", "import-imagenet", str(src), str(dest), "--split", "both"]) == 0
-    torch.manual_seed(0)
-    weights = save_checkpoint(
-        build_model("alexnet_mini", num_classes=16)[0], "alexnet_mini", str(tmp_path / "m.pt")
-    )
-    raw = tiny_spec(tmp_path, "imported", attacks=[{"name": "finetune"}], alpha=NO_BUDGET)
-    raw["dataset"] = {"uri": str(dest)}
-    raw["models"] = [{"name": "alexnet_mini", "weights": weights}]
-    res = launch(load_spec(raw), quiet=True)
-    assert res.failed == [] and res.trained == 1
-    (run,) = sweep_runs(res.tracking_uri, res.sweep_id)
-    assert run.info.status == "FINISHED" and "kendall_tau" in run.data.metrics
-
-
 def test_a_family_defined_outside_the_project_runs_end_to_end(tmp_path, root, capsys):
     """Issue 9's proof: tests/plugins/random_set.py declares a family (config, attack hook, data
     provider) and a sweep that loads it runs validate -> plan -> a Tune trial -> MLflow -> report,
