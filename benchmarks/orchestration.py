@@ -114,7 +114,7 @@ PART_KEYS = ("train_s", "eval_s", "tables_s", "metrics_s", "other_s", "wall_s")
 
 def parts_line(o: dict) -> str:
     """One trial's wall time per part, and the share outside training steps and evaluations."""
-    skip = {"direct_s", "tune_s", "wall_s", "alpha_change_mean_s", "alpha_change_max_s"}
+    skip = {"direct_s", "tune_s", "wall_s", "fixed_s", "alpha_change_mean_s", "alpha_change_max_s"}
     named = ", ".join(f"{k[:-2]} {v} s" for k, v in o.items() if k.endswith("_s") and k not in skip)
     return (f"Tune trial parts: {named} of {o['wall_s']} s wall; outside training steps and evaluations: "
             f"{100 * o['outside_share']:.1f} % (goal <= 25 % on the demo settings)")  # fmt: skip
