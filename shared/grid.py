@@ -12,6 +12,7 @@ from PIL import Image
 from shared.figures import close, figure_bytes, pyplot
 
 MARK_COLOR = "#d62728"  # the frame of a marked image (push-up's decoy class)
+MAX_CELL_PX = 512  # a cell is 1.3 in: 512 px is ~400 dpi, more than the PNG (200 dpi) or a print shows
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ def grid_figure(
     One axes holds every cell (an image each, placed by its extent), with a text per caption, a
     rectangle per frame and a text per row title: a figure of 8 x 5 cells drew, saved as PNG and as
     PDF in ~3 s with an axes per cell (each axes builds its ticks and spines, and ``tight_layout``
-    draws the figure once more), against ~0.6 s so. Artists carry ids for readers of the figure:
+    draws the figure once more), against ~1.4 s so. Artists carry ids for readers of the figure:
     ``caption-R-C``, ``frame-R-C`` (marked cells only) and ``row-R``.
     """
     from matplotlib.patches import Rectangle
@@ -82,10 +83,13 @@ def grid_figure(
 
 def _mosaic(rows: Sequence[GridRow], ncols: int, gap: float) -> tuple[np.ndarray, float]:
     """Every cell's image in one RGB array (white between and in blank cells): one image to draw
-    and to store in the PDF, not one per cell. Cells are squares of the largest image's side;
-    returns the array and the gap in cell widths (``gap`` rounded to whole pixels)."""
+    and to store in the PDF, not one per cell. Cells are squares of the largest image's side (at
+    most MAX_CELL_PX); an image keeps its aspect ratio, centred in its cell. Returns the array and
+    the gap in cell widths (``gap`` rounded to whole pixels)."""
+    from PIL import ImageOps
+
     images = [im for row in rows for im in row.images if im is not None]
-    side = max((max(im.size) for im in images), default=1)
+    side = min(max((max(im.size) for im in images), default=1), MAX_CELL_PX)
     gap_px = round(gap * side)
     step = side + gap_px
     out = np.full((len(rows) * step - gap_px, ncols * step - gap_px, 3), 255, np.uint8)
@@ -93,9 +97,11 @@ def _mosaic(rows: Sequence[GridRow], ncols: int, gap: float) -> tuple[np.ndarray
         for c, im in enumerate(row.images[:ncols]):
             if im is not None:
                 im = im.convert("RGB")
-                if im.size != (side, side):
-                    im = im.resize((side, side), Image.Resampling.BICUBIC)
-                out[r * step : r * step + side, c * step : c * step + side] = np.asarray(im)
+                if max(im.size) != side:
+                    im = ImageOps.contain(im, (side, side), Image.Resampling.BICUBIC)
+                w, h = im.size
+                y, x = r * step + (side - h) // 2, c * step + (side - w) // 2
+                out[y : y + h, x : x + w] = np.asarray(im)
     return out, gap_px / side
 
 
