@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from shared.models.layout import fast_layout
+
 IndexMap = dict[str, list[int]]
 
 
@@ -60,7 +62,7 @@ def apply_index_map(
         if not dg.check_pruning_group(group):
             raise ValueError(f"cannot remove {len(drop)} of {n} outputs of {name}: it would empty a layer")
         group.prune()
-    return model
+    return fast_layout(model)  # the pruned layers' new weights come out contiguous
 
 
 def rebuild(model: nn.Module, index_map: Mapping[str, Sequence[int]], crop: int) -> nn.Module:

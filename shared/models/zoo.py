@@ -24,6 +24,7 @@ from shared import store
 from shared.datasets import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from shared.models.alexnet_mini import AlexNetMini
 from shared.models.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from shared.models.layout import fast_layout
 from shared.models.surgery import rebuild
 from shared.models.vgg_mini import VGG_MINI_LAYERS, VGG_MINI_TARGET, VGGMini
 from shared.registry import Registry, first_line
@@ -282,7 +283,7 @@ def build_model(
     info = model_info(name)
     if weights is None:
         n = info.num_classes if num_classes is None else num_classes
-        return info.builder(n), _meta(info, n, None, classes=None)
+        return fast_layout(info.builder(n)), _meta(info, n, None, classes=None)
     if _WEIGHTS_NAME.match(weights) and not os.path.exists(weights):
         return _from_torchvision(info, weights, num_classes)
     return _from_checkpoint(info, read_checkpoint(weights), weights, num_classes)
@@ -333,7 +334,7 @@ def _from_torchvision(info: ModelInfo, weights: str, num_classes: int | None) ->
             f"and pass weights='s3://…/{os.path.basename(w.url)}' or a local path instead"
         ) from e
     model.load_state_dict(state)
-    return model, _meta(info, n, str(w), classes=list(w.meta["categories"]))
+    return fast_layout(model), _meta(info, n, str(w), classes=list(w.meta["categories"]))
 
 
 def _from_checkpoint(
@@ -361,7 +362,7 @@ def _from_checkpoint(
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {uri} does not fit model {info.name!r}: {e}") from e
     meta = dict(ckpt["meta"])
-    return model, {**meta, **_meta(info, n, store.normalize(uri), classes=meta.get("classes"))}
+    return fast_layout(model), {**meta, **_meta(info, n, store.normalize(uri), classes=meta.get("classes"))}
 
 
 def _check_classes(requested: int | None, found: int, source: str) -> None:

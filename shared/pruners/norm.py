@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from shared.models.layout import fast_layout
 from shared.pruners.base import PruneContext, Pruner, ReportTable, check_rate, register_pruner
 from shared.pruners.measure import weight_sparsity, weighted
 
@@ -27,7 +29,11 @@ def norm_prune(model: nn.Module, rate: float) -> dict:
     params = [(m, "weight") for _, m in weighted(model)]
     if not params:
         raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer to prune")
+    # global_unstructured flattens the weights with .view, which a channels-last weight refuses:
+    # it prunes in NCHW, and the model goes back to the layout it is used in (shared.models.layout)
+    model.to(memory_format=torch.contiguous_format)
     prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=rate)
+    fast_layout(model)
     total = sum(m.weight_mask.numel() for m, _ in params)
     pruned = sum(int((m.weight_mask == 0).sum()) for m, _ in params)
     return {"rate": rate, "pruned": pruned, "total": total, "weight_sparsity": weight_sparsity(model)}
