@@ -172,18 +172,57 @@ def before_after_rows(
     return rows
 
 
+PICTURE = "before_after.png"  # in a committed metrics folder; its PDF beside it (pdf_uri)
+DRAWN = "before_after.json"  # written after both: the metrics key and the units they show
+
+
+def draw_committed(metrics_dir: str) -> str | None:
+    """The picture of a committed metrics folder for the units its manifest chose; returns the PNG's
+    URI, None when it chose none.
+
+    Drawn once per metrics key: a folder whose PNG and PDF were drawn for its current key (``DRAWN``)
+    is returned as it is. This is the metrics stage's last step, run apart from the stage so that a
+    trial hands its GPU back before the CPU draws (orchestrator.pictures); nothing is computed again.
+    """
+    m = _committed(metrics_dir)
+    units = [int(u) for u in m["picture_units"]]
+    if not units:
+        return None
+    out = store.join(metrics_dir, PICTURE)
+    done = store.join(metrics_dir, DRAWN)
+    if store.exists(done) and store.read_json(done) == {"key": m["key"], "units": units}:
+        if store.exists(out) and store.exists(pdf_uri(out)):
+            return out
+    chosen_by_hand = isinstance(m["spec"].get("picture_units"), list)
+    _draw(
+        metrics_dir, m, units, None if chosen_by_hand else HIGHEST_CLIP_DELTA.format(n=len(units)), out, None
+    )
+    store.write_json(done, {"key": m["key"], "units": units})
+    return out
+
+
 def redraw(metrics_dir: str, units: Sequence[int], out_uri: str, attack: str | None = None) -> str:
     """The picture of a committed metrics folder for ``units`` picked by hand, at ``out_uri`` (+ PDF).
 
     Reads the folder's manifest, unit table and the committed top-k tables; nothing is computed again.
     """
-    from jobs.topk import read_topk, topk_uri
+    return _draw(metrics_dir, _committed(metrics_dir), list(units), None, out_uri, attack)
 
+
+def _committed(metrics_dir: str) -> dict:
     m = store.read_manifest(metrics_dir)
     if m is None or m.get("kind") != "metrics":
         raise FileNotFoundError(
             f"{metrics_dir} is not a committed metrics folder (no metrics _MANIFEST.json)"
         )
+    return m
+
+
+def _draw(
+    metrics_dir: str, m: dict, units: list[int], rule: str | None, out_uri: str, attack: str | None
+) -> str:
+    from jobs.topk import read_topk, topk_uri
+
     spec, layer, split = m["spec"], m["layer"], m["split"]
     table = integrity.read_parquet(metrics_dir, "unit_metrics.parquet", m)
     topks = [read_topk(topk_uri(m["tables"][st], spec["k"])) for st in ("init", "final")]
@@ -191,7 +230,8 @@ def redraw(metrics_dir: str, units: Sequence[int], out_uri: str, attack: str | N
     classes = dataset_classes(spec["dataset"])
     decoy = spec.get("decoy_class")
     label = attack or spec.get("label") or spec["final_state_key"]
-    note = selection_note(units, None, decoy, classes[decoy] if classes and decoy is not None else str(decoy))
+    decoy_name = classes[decoy] if classes and decoy is not None and decoy < len(classes) else str(decoy)
+    note = selection_note(units, rule, decoy, decoy_name)
     title = picture_title(label, spec["model"], layer, split, n)
-    return render_before_after(spec["dataset"], split, *topks, table, list(units), out_uri, classes, n, title,
+    return render_before_after(spec["dataset"], split, *topks, table, units, out_uri, classes, n, title,
                                note, decoy)  # fmt: skip

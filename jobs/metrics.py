@@ -3,8 +3,10 @@
 For each (layer, split) it writes
 ``{store}/metrics/model={variant}/state={final_state}/layer={layer}/split={split}/`` with
 ``unit_metrics.parquet`` (unit, kendall_tau, kendall_tau_w, clip_delta, clip_w, topk_overlap,
-[decoy_top5,] dead_init, dead_final; one row per attacked unit), ``before_after.png`` and, last,
-``_MANIFEST.json`` (layer means, Acc, ΔAcc, the embedder's description, the key). A rerun with
+[decoy_top5,] dead_init, dead_final; one row per attacked unit), then ``_MANIFEST.json`` (layer
+means, Acc, ΔAcc, the embedder's description, the units to picture, the key), then the picture of
+those units, ``before_after.png`` and ``.pdf`` (:func:`draw_pictures`; a sweep draws it after the
+trial, once the trial's GPU is free). A rerun with
 the same key is skipped before Ray or the embedder is touched.
 
 - Kendall-τ and Kτ-W run over ``D_τ``, a seeded random subset of V chosen by image id from
@@ -35,14 +37,7 @@ import pyarrow.parquet as pq
 
 from jobs.accuracy import run_accuracy
 from jobs.activations import ActivationsSpec, run_activations, table_uri
-from jobs.before_after import (
-    HIGHEST_CLIP_DELTA,
-    dataset_classes,
-    pick_units,
-    picture_title,
-    render_before_after,
-    selection_note,
-)
+from jobs.before_after import PICTURE, draw_committed, pdf_uri, pick_units
 from jobs.metrics_inputs import (
     DECOY_TOP,
     emb_array,
@@ -69,8 +64,7 @@ from shared.progress import Progress, no_progress
 
 CODE_VERSION = "metrics-v2"  # v2: dead units out of the means, their counts, decoy_top5
 TABLE = "unit_metrics.parquet"
-PICTURE = "before_after.png"
-PICTURE_PDF = "before_after.pdf"  # the same picture as vector PDF (before_after.pdf_uri of PICTURE) (stages committed before it lack it)
+PICTURE_PDF = "before_after.pdf"  # the same picture as vector PDF (before_after.pdf_uri of PICTURE)
 EXECUTION_ONLY = ("device", "batch_size", "embed_batch_size", "num_actors", "label")
 STATES = ("init", "final")
 
@@ -245,8 +239,14 @@ def committed_metrics(spec: MetricsSpec, store_uri: str) -> MetricsResult | None
     return MetricsResult({ls: per[ls] for ls in keys}, acts, True, 0.0)
 
 
-def run_metrics(spec: MetricsSpec, store_uri: str, progress: Progress = no_progress) -> MetricsResult:
-    """Compute (or reuse) the §3 metrics of each (layer, split); needs Ray unless all are committed."""
+def run_metrics(
+    spec: MetricsSpec, store_uri: str, progress: Progress = no_progress, pictures: bool = True
+) -> MetricsResult:
+    """Compute (or reuse) the §3 metrics of each (layer, split); needs Ray unless all are committed.
+
+    ``pictures``: draw each (layer, split)'s before/after picture too (:func:`draw_pictures`); a
+    sweep's trial passes False and its driver has them drawn once the trial has freed its GPU.
+    """
     t0 = time.time()
     acts, keys, dirs, per = _lookup(spec, store_uri)
     pending = [ls for ls in keys if ls not in per]
@@ -255,7 +255,21 @@ def run_metrics(spec: MetricsSpec, store_uri: str, progress: Progress = no_progr
 
         ensure_ray()
         per.update(_compute(spec, store_uri, pending, dirs, keys, progress))
-    return MetricsResult({ls: per[ls] for ls in keys}, acts, not pending, time.time() - t0)
+    result = MetricsResult({ls: per[ls] for ls in keys}, acts, not pending, time.time() - t0)
+    if pictures:
+        draw_pictures(result)
+    return result
+
+
+def draw_pictures(result: MetricsResult) -> list[tuple[str, str]]:
+    """Each (layer, split)'s before/after picture, drawn unless it already is; returns
+    ``(uri, "{layer}_{split}_before_after.{png|pdf}")`` for every PNG and PDF."""
+    out = []
+    for (layer, split), m in result.per.items():
+        png = draw_committed(m.uri)
+        if png is not None:
+            out += [(png, f"{layer}_{split}_{PICTURE}"), (pdf_uri(png), f"{layer}_{split}_{PICTURE_PDF}")]
+    return out
 
 
 def _compute(spec, store_uri, pending, dirs, keys, progress) -> dict[tuple[str, str], LayerSplitMetrics]:
@@ -277,7 +291,6 @@ def _compute(spec, store_uri, pending, dirs, keys, progress) -> dict[tuple[str, 
         ids = {i for (_, _, sp), t in topk.items() if sp == split for i in t.column("image_id").to_pylist()}
         emb[split] = embed_ids(embedder, spec.dataset, split, sorted(ids), spec.embed_batch_size, progress)
     tau_ids = tau_subset(spec.dataset, spec.val_split, spec.tau_images, spec.tau_seed)
-    classes = dataset_classes(spec.dataset)
     out = {}
     for layer in dict.fromkeys(ly for ly, _ in pending):
         val = spec.val_split
@@ -297,9 +310,8 @@ def _compute(spec, store_uri, pending, dirs, keys, progress) -> dict[tuple[str, 
                 "embedder": embedder.describe(),
                 "tables": {st: tables[(st, sp)][layer] for st in STATES},
             }
-            pair = (topk[("init", layer, sp)], topk[("final", layer, sp)])
             ls = (layer, sp)
-            out[ls] = _commit(spec, ls, dirs[ls], keys[ls], table, accs, pair, classes, record)
+            out[ls] = _commit(spec, ls, dirs[ls], keys[ls], table, accs, record)
             progress(len(out), len(pending), phase="metrics", layer=layer, split=sp)
     return out
 
@@ -367,8 +379,9 @@ def _layer_tables(s_init, s_final, units, inputs, states) -> dict[str, pa.Table]
     return out
 
 
-def _commit(spec, ls, out, key, table, accs, topks, classes, record) -> LayerSplitMetrics:
-    """Parquet, then the picture, then the manifest (last: nothing half-written looks done)."""
+def _commit(spec, ls, out, key, table, accs, record) -> LayerSplitMetrics:
+    """Parquet, then the manifest (last: nothing half-written looks done); the picture of the units
+    chosen here is drawn from the commit (jobs.before_after.draw_committed)."""
     layer, split = ls
     integrity.prepare_recompute(out)  # a damaged or outdated commit's files go first
     buf = pa.BufferOutputStream()
@@ -378,19 +391,9 @@ def _commit(spec, ls, out, key, table, accs, topks, classes, record) -> LayerSpl
     alive = alive_units(table)
     if isinstance(spec.picture_units, tuple):  # chosen by the user: shown as asked, dead or alive
         held = set(table.column("unit").to_pylist())
-        shown, rule = [u for u in spec.picture_units if u in held], None
+        shown = [u for u in spec.picture_units if u in held]
     else:  # a dead unit's top-k is arbitrary
         shown = pick_units(table.filter(pa.array(alive)), spec.picture_units)
-        rule = HIGHEST_CLIP_DELTA.format(n=len(shown))
-    if shown:
-        title = picture_title(spec.label or spec.final_state_key, spec.model, layer, split, spec.picture_k)
-        decoy = spec.decoy_class
-        decoy_name = classes[decoy] if classes and decoy is not None and decoy < len(classes) else str(decoy)
-        note = selection_note(shown, rule, decoy, decoy_name)
-        pic = store.join(out, PICTURE)
-        render_before_after(spec.dataset, split, *topks, table, shown, pic, classes, spec.picture_k, title,
-                            note, decoy)  # fmt: skip
-        files += [PICTURE, PICTURE_PDF]
     means = layer_means(table)
     acc0, acc1 = accs
     da = delta_acc(init=acc0, final=acc1)
@@ -419,7 +422,7 @@ def _dead_lists(table: pa.Table) -> dict[str, list[int]]:
 
 
 def _from_manifest(ls: tuple[str, str], out: str, m: dict) -> LayerSplitMetrics:
-    pic = store.join(out, PICTURE) if PICTURE in m["files"] else None
+    pic = store.join(out, PICTURE) if m["picture_units"] else None
     return LayerSplitMetrics(
         *ls, out, store.join(out, TABLE), pic, m["picture_units"], m["means"], m["acc"], m["acc_init"],
         m["delta_acc"], m["key"], True,

@@ -18,8 +18,7 @@ from typing import Any, ClassVar
 from jobs import featureviz_stage
 from jobs.attack import AlphaSource, Report, model_dir, run_attack
 from jobs.attack_spec import AttackSpec
-from jobs.before_after import pdf_uri
-from jobs.metrics import MetricsResult, MetricsSpec, committed_metrics, run_metrics
+from jobs.metrics import MetricsResult, MetricsSpec, committed_metrics, draw_pictures, run_metrics
 from shared import store, timing
 from shared.attacks import family_of
 from shared.registry import Registry
@@ -108,6 +107,12 @@ class Runner:
         """Train and measure; None when ``report`` stopped the run early."""
         raise NotImplementedError
 
+    def pictures(self, job: TrialJob, store_uri: str) -> list[tuple[str, str]]:
+        """The pictures of a finished trial that :meth:`run` left to draw, drawn now unless they are
+        already: ``(store URI, file name at the run's artifact root)``. CPU work only, so the sweep runs
+        it after the trial has handed back its GPU. None by default (a family draws its own in ``run``)."""
+        return []
+
 
 RUNNERS: Registry[Runner] = Registry("trial runner")
 
@@ -195,8 +200,10 @@ class FineTuneRunner(Runner):
             )  # fmt: skip
             if res.stopped or res.model_uri is None:
                 return None
-            with timing.part("metrics"):
-                mres = run_metrics(self.metrics_spec(job, store_uri, dataset_id(job.dataset)), store_uri)
+            with timing.part("metrics"):  # the pictures are drawn after the trial (``pictures``)
+                mres = run_metrics(
+                    self.metrics_spec(job, store_uri, dataset_id(job.dataset)), store_uri, pictures=False
+                )
             fv = None
             if featureviz_stage.settings(job.evaluation) is not None:  # timed as the "featureviz" part
                 fv = featureviz_stage.run_stage(job, store_uri, res.key, res.model_uri, mres)
@@ -204,6 +211,15 @@ class FineTuneRunner(Runner):
             outcome = self._outcome(job, res.key, res.model_uri, am, mres, fv)
             outcome.costs = timer.costs()
             return outcome
+
+    def pictures(self, job: TrialJob, store_uri: str) -> list[tuple[str, str]]:
+        """The before/after picture of each (layer, split), from the committed metrics stage."""
+        from shared.dataset_meta import dataset_id
+
+        mres = committed_metrics(self.metrics_spec(job, store_uri, dataset_id(job.dataset)), store_uri)
+        if mres is None:
+            raise store.StoreError(f"trial {job.attack} on {job.layers}: its metrics are not committed yet")
+        return draw_pictures(mres)
 
     def _outcome(
         self, job: TrialJob, akey: str, model_uri: str, am: dict, mres: MetricsResult, fv: Any = None
@@ -216,10 +232,6 @@ class FineTuneRunner(Runner):
         tables = {}
         for (layer, split), m in mres.per.items():
             tables[f"{layer}/{split}"] = m.uri
-            if m.picture_uri is not None:
-                artifacts.append((m.picture_uri, f"{layer}_{split}_before_after.png"))
-                if store.exists(pdf_uri(m.picture_uri)):  # stages committed before the PDF have none
-                    artifacts.append((pdf_uri(m.picture_uri), f"{layer}_{split}_before_after.pdf"))
             artifacts.append((m.table_uri, f"{layer}_{split}_unit_metrics.parquet"))
         if fv is not None:
             final |= fv.final
@@ -256,6 +268,9 @@ class SaliencyRunner(FineTuneRunner):
     def trial_key(self, job: TrialJob, dataset_id: str) -> str:
         e = self.eval_spec(job, "/", dataset_id)
         return store.content_key(self.attack_key(job, dataset_id), e.key(dataset_id))
+
+    def pictures(self, job: TrialJob, store_uri: str) -> list[tuple[str, str]]:
+        return []  # the heatmap picture is part of its evaluation stage (``run``)
 
     def stored(self, job: TrialJob, store_uri: str) -> TrialOutcome | None:
         from jobs.saliency_eval import committed_eval

@@ -27,6 +27,7 @@ from orchestrator.phases.attacks import log_stored, run_trials
 from orchestrator.phases.prepare import prepare
 from orchestrator.phases.tables import initial_tables
 from orchestrator.phases.variants import make_variants
+from orchestrator.pictures import TrialPictures
 from orchestrator.plan import needs_tables, plan_trials, stored_result, with_start_models
 from orchestrator.progress import Bar, SweepProgress
 from orchestrator.spec import default_tracking_uri
@@ -128,11 +129,13 @@ def _launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None
         f"{f' ({logged} logged to MLflow now)' if logged else ''}, {len(todo)} to run")  # fmt: skip
     failed: list[str] = []
     stopped: list[str] = list(stopped_before)
+    pictures = TrialPictures(spec.store, store.current_s3())
     if todo and not stop_requested(sdir):
         write_status(sdir, state="attacks")
         progress = SweepProgress(len(plans), len(done), sdir, quiet=quiet)
         first, later = [p for p in todo if not p.after], [p for p in todo if p.after]
         board = _hold_board(sid, sdir) if first and later else None  # one α board for both rounds
+        pictures.__enter__()  # each trial's pictures start as it ends (orchestrator.pictures)
         if first:
             failed, stopped_now = run_trials(
                 spec, sid, first, tracking_uri, experiment_id, parent, progress, max_concurrent
@@ -147,7 +150,11 @@ def _launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None
                 failed += failed_now
                 stopped += stopped_now
         del board
+        pictures.__exit__()
         progress.close()
+    drawn = pictures.finish(plans, tracking_uri, sid, say)
+    if drawn:
+        say(f"sweep {sid}: before/after pictures of {drawn} trial(s) logged")
     state = "failed" if failed else "done"
     for path in _figures(spec.store, sid, tracking_uri):
         say(f"figure: {path}")

@@ -17,6 +17,7 @@ from ray.tune.stopper import Stopper
 from orchestrator.status import stop_requested
 
 LISTENER: Callable[[str, str, dict | None], None] | None = None  # set by orchestrator.progress.SweepProgress
+ON_DONE: Callable[[dict], None] | None = None  # set by orchestrator.pictures.TrialPictures: a plan dict
 
 
 class _DropTrialTracebacks(logging.Filter):
@@ -63,6 +64,14 @@ class ProgressRelay(Callback):
         # an infrastructure fault (the trial itself fails once on bad input): Tune runs it again
         name = (trial.config or {}).get("plan", {}).get("run_name", trial.trial_id)
         _relay("retry", trial, {"name": name, "failures": trial.run_metadata.num_failures})
+
+
+class TrialDone(Callback):
+    """Hands each trial that reports ``done_trial`` (its plan) to :data:`ON_DONE`, when one is set."""
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if ON_DONE is not None and result.get("done_trial"):
+            ON_DONE(trial.config["plan"])
 
 
 class StopRequest(Stopper):

@@ -12,8 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
-from jobs.before_after import pick_units, render_before_after
-from jobs.metrics import PICTURE, PICTURE_PDF, TABLE, MetricsSpec, read_unit_metrics, run_metrics, tau_subset
+from jobs.before_after import DRAWN, pick_units, render_before_after
+from jobs.metrics import (
+    PICTURE,
+    PICTURE_PDF,
+    TABLE,
+    MetricsSpec,
+    draw_pictures,
+    read_unit_metrics,
+    run_metrics,
+    tau_subset,
+)
 from jobs.topk import read_topk, topk_uri
 from shared import store
 from shared.models.zoo import build_model, save_checkpoint
@@ -245,10 +254,16 @@ def _columns(table: pa.Table) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.slow
-def test_identity_model_gives_identity_metrics(setup, ray_local):
+def test_identity_model_gives_identity_metrics(setup, ray_local, monkeypatch):
     spec = _spec(setup, "same", "identity")
-    res = run_metrics(spec, setup["store"])
+    res = run_metrics(spec, setup["store"], pictures=False)  # as a sweep's trial runs it
     assert not res.skipped and set(res.per) == {(ly, sp) for ly in LAYERS for sp in ("train", "val")}
+    assert all(m.picture_uri and not store.exists(m.picture_uri) for m in res.per.values())
+    drawn = draw_pictures(res)  # what the sweep runs once the trial has handed back its GPU
+    assert sorted(name for _, name in drawn) == sorted(
+        f"{ly}_{sp}_{f}" for ly in LAYERS for sp in ("train", "val") for f in (PICTURE, PICTURE_PDF)
+    )
+    assert all(store.exists(uri) for uri, _ in drawn)
     for (layer, split), m in res.per.items():
         assert m.table_uri == store.join(m.uri, TABLE) and m.uri.endswith(
             f"/metrics/model=v0/state=identity/layer={layer}/split={split}"
@@ -269,7 +284,8 @@ def test_identity_model_gives_identity_metrics(setup, ray_local):
         assert m.delta_acc == 0.0 and m.acc == m.acc_init and 0.0 <= m.acc <= 100.0
         assert m.means["topk_overlap"] == 1.0 and abs(m.means["kendall_tau"] - 1.0) < 1e-9
         man = store.read_manifest(m.uri)
-        assert man["key"] == m.key and man["files"] == [TABLE, PICTURE, PICTURE_PDF]
+        assert man["key"] == m.key and man["files"] == [TABLE]
+        assert store.read_json(store.join(m.uri, DRAWN)) == {"key": m.key, "units": m.picture_units}
         assert man["embedder"]["kind"] == "reference" and man["tau"]["used"] == 64
         assert man["means"] == m.means and man["acc"] == m.acc and man["delta_acc"] == 0.0
     # the picture: 4 units (the highest CLIP-δ; all 0 here, so the first four), two rows each
@@ -279,8 +295,13 @@ def test_identity_model_gives_identity_metrics(setup, ray_local):
     one = _render_like(setup, res, m, [0])
     assert png.size[1] > one[1] and png.size[0] == one[0]
     assert png.size == _render_like(setup, res, m, [0, 1, 2, 3])
-    # a rerun is skipped: nothing is rewritten
+    # a rerun is skipped: nothing is rewritten, and the pictures drawn for this key are not drawn again
     stamp = store.read_manifest(m.uri)["created_at"]
+
+    def no_redraw(*a, **k):
+        raise AssertionError("a picture drawn for its metrics key was drawn again")
+
+    monkeypatch.setattr("jobs.before_after.render_before_after", no_redraw)
     again = run_metrics(spec, setup["store"])
     assert again.skipped and all(x.skipped for x in again.per.values())
     assert store.read_manifest(m.uri)["created_at"] == stamp

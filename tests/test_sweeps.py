@@ -67,6 +67,9 @@ def test_local_sweep_report_status_and_second_launch_trains_nothing(root, capsys
         assert {"fv_similarity", "fv_act_init", "fv_act_final"} <= set(r.data.metrics)
         names = {a.path for a in client_of(first).list_artifacts(r.info.run_id)}
         assert {"featureviz_conv5_train.png", "featureviz_conv5_train.pdf"} <= names, names
+        # drawn after the trial (orchestrator.pictures), logged to its run before the launch returned
+        assert {f"conv5_{sp}_before_after.{f}" for sp in ("train", "val") for f in ("png", "pdf")} <= names
+        assert r.data.tags["vizsweep.pictures"] == "logged"
     rows = report_rows(first.tracking_uri, first.sweep_id)  # one row per (run, split): train first
     assert [(r["split"], r["attack"]) for r in rows if r.get("table") != "input"] == [
         (sp, a) for sp in ("train", "val") for a in ("finetune", "push-down", "push-up")
@@ -87,8 +90,11 @@ def test_local_sweep_report_status_and_second_launch_trains_nothing(root, capsys
     assert sorted(r["victim"] for r in input_rows) == ["base", "push-down conv5"]
     assert "| alexnet_mini | none | push-down conv5 | pgd | gradcam |" in render_md(input_rows)
 
+    # a launch that ended before it logged a trial's pictures (a killed driver): the next one logs them
+    client_of(first).delete_tag(push_down.info.run_id, "vizsweep.pictures")
     second = launch(spec, quiet=True)
     assert (second.sweep_id, second.trained, second.reused) == (first.sweep_id, 0, 5)
+    assert client_of(first).get_run(push_down.info.run_id).data.tags["vizsweep.pictures"] == "logged"
     assert all(
         int(r.data.tags["vizsweep.attempts"]) == 1 for r in sweep_runs(first.tracking_uri, first.sweep_id)
     )

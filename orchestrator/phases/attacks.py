@@ -54,7 +54,7 @@ def run_trials(spec, sid, todo: list[TrialPlan], tracking_uri, experiment_id, pa
 
     from orchestrator.alpha_scheduler import AlphaScheduler, get_or_create_board
     from orchestrator.trial import TrialContext, attack_trial
-    from orchestrator.tune_callbacks import StopRequest, quiet_trial_errors
+    from orchestrator.tune_callbacks import StopRequest, TrialDone, quiet_trial_errors
 
     quiet_trial_errors()
     sdir = sweep_dir(spec.store, sid)
@@ -72,7 +72,7 @@ def run_trials(spec, sid, todo: list[TrialPlan], tracking_uri, experiment_id, pa
     run_config = tune.RunConfig(
         name=name, storage_path=path, storage_filesystem=fs, verbose=0,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        callbacks=[progress.tune_callback()], log_to_file=True, stop=StopRequest(sdir),
+        callbacks=[progress.tune_callback(), TrialDone()], log_to_file=True, stop=StopRequest(sdir),
     )  # fmt: skip
     exp = os.path.join(path, name)
     if tune.Tuner.can_restore(exp, storage_filesystem=fs):

@@ -17,8 +17,6 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from shared.pruners import get_pruner
-
 from jobs.activations import variant_tables
 from jobs.metrics import read_unit_metrics
 from jobs.prune import PruneResult, PruneSpec, prune_key, run_prune
@@ -28,6 +26,7 @@ from orchestrator.plan import Prepared, Variant, trial_job
 from orchestrator.resources import concurrency, task_resources
 from shared import store
 from shared.attacks import family_of
+from shared.pruners import get_pruner
 
 
 def make_variants(spec: Any, prep: Prepared, bar=None) -> Prepared:

@@ -1,0 +1,86 @@
+"""The pictures of finished trials: drawn on a CPU after the trial has handed back its GPU, then
+logged to the trial's MLflow run.
+
+A runner leaves its CPU-only pictures to this step (``Runner.pictures``; the finetuning family's
+before/after top-k pictures, ~1 s each as PNG and as PDF, 2-5 s of a demo trial). A trial's GPU
+is the scarce resource, so the trial ends once its numbers are committed and logged. Each
+finished trial's pictures are started as a Ray task when Tune reports the trial done; the launch
+waits for them at its end and logs them. A run is tagged ``vizsweep.pictures`` once they are
+logged, so a launch that ended before logging them (a killed driver) logs them next time, and the
+drawing itself is done once per metrics key (jobs.before_after.draw_committed).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import ray
+
+from jobs.runners import TrialJob, runner_for
+from orchestrator import tune_callbacks
+from orchestrator.plan import TrialPlan
+from orchestrator.tracking import client, find_child_runs
+from shared import store
+
+TAG = "vizsweep.pictures"  # "logged" once the trial's pictures are at its run's artifact root
+
+
+@ray.remote(num_cpus=1)
+def _draw(job: dict[str, Any], store_uri: str, s3: Any) -> list[tuple[str, str]]:
+    store.configure(s3)
+    trial = TrialJob.from_dict(job)
+    return runner_for(trial.attack).pictures(trial, store_uri)
+
+
+class TrialPictures:
+    """The picture tasks of one launch: started as trials finish, logged by :meth:`finish`.
+
+    While it is active (a ``with`` block), Tune's ``TrialDone`` relay starts the task of each trial
+    that reports ``done_trial``."""
+
+    def __init__(self, store_uri: str, s3: Any = None) -> None:
+        self.store_uri, self.s3 = store_uri, s3
+        self.tasks: dict[str, tuple[TrialPlan, Any]] = {}
+
+    def __enter__(self) -> TrialPictures:
+        tune_callbacks.ON_DONE = lambda plan: self.start(TrialPlan.from_dict(plan))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        tune_callbacks.ON_DONE = None
+
+    def start(self, plan: TrialPlan) -> None:
+        if plan.trial_key not in self.tasks:
+            self.tasks[plan.trial_key] = (plan, _draw.remote(plan.job, self.store_uri, self.s3))
+
+    def finish(self, plans: list[TrialPlan], tracking_uri: str, sweep_id: str, say=print) -> int:
+        """Draw (where not yet drawn) and log the pictures of every finished trial run of ``plans``
+        that lacks them; returns how many runs got them. A failure is reported and left for the next
+        launch: the trial's numbers are logged already."""
+        runs = {
+            r.data.tags.get("vizsweep.trial_key"): r
+            for r in find_child_runs(tracking_uri, sweep_id, "FINISHED")
+        }
+        todo = [p for p in plans if p.trial_key in runs and runs[p.trial_key].data.tags.get(TAG) != "logged"]
+        for p in todo:
+            self.start(p)
+        n = 0
+        for p in todo:
+            plan, ref = self.tasks[p.trial_key]
+            try:
+                pictures = ray.get(ref)
+            except Exception as e:  # one trial's pictures must not end the launch
+                say(f"pictures of {p.run_name} failed ({type(e).__name__}: {e}); the next launch draws them")
+                continue
+            c, run_id = client(tracking_uri), runs[p.trial_key].info.run_id
+            with tempfile.TemporaryDirectory() as tmp:
+                for src, name in pictures:
+                    path = os.path.join(tmp, name)
+                    with open(path, "wb") as f:
+                        f.write(store.read_bytes(src))
+                    c.log_artifact(run_id, path)  # at the artifact root: the compare page shows only those
+            c.set_tag(run_id, TAG, "logged")
+            n += 1
+        return n
