@@ -1,6 +1,8 @@
 """Where each trial of a finished sweep spent its wall time: the parts its run logged as final
 metrics (shared.timing: train, eval, tables, metrics, featureviz, save, log, other) and the share
-outside training steps and evaluations (issue goal: at most 25 % on the demo settings).
+outside training steps and evaluations (issue goal: at most 25 % on the demo settings). The
+``pictures`` column is the before/after pictures' task, run after the trial has freed its GPU
+(orchestrator.pictures): shown, but not part of the trial's wall time.
 
 Reads MLflow only, so it measures any sweep after the fact; after ``make demo``:
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from typing import Any
 
 import ray
@@ -28,10 +29,12 @@ TAG = "vizsweep.pictures"  # "logged" once the trial's pictures are at its run's
 
 
 @ray.remote(num_cpus=1)
-def _draw(job: dict[str, Any], store_uri: str, s3: Any) -> list[tuple[str, str]]:
+def _draw(job: dict[str, Any], store_uri: str, s3: Any) -> tuple[list[tuple[str, str]], float]:
+    """The trial's pictures, and the seconds they took (the run's ``pictures_s``: not part of its wall time)."""
+    t = time.perf_counter()
     store.configure(s3)
     trial = TrialJob.from_dict(job)
-    return runner_for(trial.attack).pictures(trial, store_uri)
+    return runner_for(trial.attack).pictures(trial, store_uri), time.perf_counter() - t
 
 
 class TrialPictures:
@@ -70,7 +73,7 @@ class TrialPictures:
         for p in todo:
             plan, ref = self.tasks[p.trial_key]
             try:
-                pictures = ray.get(ref)
+                pictures, seconds = ray.get(ref)
             except Exception as e:  # one trial's pictures must not end the launch
                 say(f"pictures of {p.run_name} failed ({type(e).__name__}: {e}); the next launch draws them")
                 continue
@@ -81,6 +84,7 @@ class TrialPictures:
                     with open(path, "wb") as f:
                         f.write(store.read_bytes(src))
                     c.log_artifact(run_id, path)  # at the artifact root: the compare page shows only those
+            c.log_metric(run_id, "pictures_s", round(seconds, 3))
             c.set_tag(run_id, TAG, "logged")
             n += 1
         return n

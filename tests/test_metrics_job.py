@@ -239,7 +239,7 @@ def test_manifest_carries_the_counts_and_the_dead_units(tmp_path):
         final_state_key="s", embedder="reference:/nowhere/ref.pt", picture_units=0, decoy_class=DECOY,
     )  # fmt: skip
     out = str(tmp_path / "m")
-    m = _commit(spec, ("conv5", "train"), out, "key1", table, (50.0, 49.5), (None, None), None, {})
+    m = _commit(spec, ("conv5", "train"), out, "key1", table, (50.0, 49.5), {})
     man = store.read_manifest(out)
     assert man["dead"] == {"init": [2, 5], "killed": [3]} and man["spec"]["decoy_class"] == DECOY
     assert man["means"] == m.means and m.means["units_killed"] == 1.0 and m.delta_acc == -0.5
