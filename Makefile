@@ -20,6 +20,7 @@ $(STAMP): requirements.lock pyproject.toml tools/install_lock.sh
 	tools/install_lock.sh $(VENV) requirements.lock torchattacks==3.5.1
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-compile --no-deps --no-build-isolation -e .
 	@$(PY) -m compileall -q -j 0 orchestrator jobs shared vizsweep >/dev/null 2>&1 || true
+	$(PY) -c "from shared.metrics.kendall import warm_jit; warm_jit()"  # numba's cache, once (~14 s)
 	@touch $@
 
 demo: install
