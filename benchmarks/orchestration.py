@@ -43,6 +43,7 @@ def sweep_dict(root: str, quick: bool, scale: int = 1) -> dict:
         "models": [{"name": "alexnet_mini", "weights": "pretrain"}],
         "layers": ["conv5"],
         "attacks": [{"name": "push-down", "k": 5}],
+        "alpha": {"max_drop_pp": 100.0},  # the timed trial runs to its end: the budget never stops it
         "training": {"batch_size": 32, "epochs": (1 if quick else 2) * scale, "evals_per_epoch": 10, "eval_images": 128},
         "metrics": {"embedder": "reference", "k": 5, "tau_images": 160, "picture_units": 2},
     }  # fmt: skip
