@@ -4,12 +4,13 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+JIT := $(VENV)/.jit-compiled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export PYTHONUNBUFFERED := 1
 
 .PHONY: install demo test test-fast goals bench lint clean browser
 
-install: $(STAMP)
+install: $(STAMP) $(JIT)
 
 # tools/install_lock.sh: the lock in five pip processes at once (no resolution: every package is
 # pinned), then compileall (the .pyc files matter where PYTHONDONTWRITEBYTECODE is set, as on our CI
@@ -20,7 +21,12 @@ $(STAMP): requirements.lock pyproject.toml tools/install_lock.sh
 	tools/install_lock.sh $(VENV) requirements.lock torchattacks==3.5.1
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-compile --no-deps --no-build-isolation -e .
 	@$(PY) -m compileall -q -j 0 orchestrator jobs shared vizsweep >/dev/null 2>&1 || true
-	$(PY) -c "from shared.metrics.kendall import warm_jit; warm_jit()"  # numba's cache, once (~14 s)
+	@touch $@
+
+# numba's cache of the Kendall-τ kernels (~20 s), so that the first trials do not each compile them;
+# numba drops it when the source changes, so it is compiled again after a change to that file.
+$(JIT): $(STAMP) shared/metrics/kendall.py
+	$(PY) -c "from shared.metrics.kendall import warm_jit; warm_jit()"
 	@touch $@
 
 demo: install

@@ -425,7 +425,7 @@ def warm_jit() -> None:
     """Compile the kernels for the inputs a sweep gives them (float32 scores, shared.hooks, of fewer
     than 2**15 images) into numba's on-disk cache (``cache=True``: ``__pycache__`` beside this file).
 
-    ``make install`` runs this once (~14 s). Without it, the first trials of a fresh install each
+    ``make install`` runs this once (~20 s). Without it, the first trials of a fresh install each
     compile them at once: 25 s of a 54 s trial in the quickstart's first two trials on 2 cores.
     """
     a, b = (np.random.default_rng(s).standard_normal((16, 3)).astype(np.float32) for s in (0, 1))
