@@ -84,6 +84,7 @@ class Runner:
     """Base class: keys, stored results and the run of one family's trials."""
 
     name: ClassVar[str] = ""
+    draws_after: ClassVar[bool] = False  # True: :meth:`pictures` has pictures to draw after the trial
 
     def attack_key(self, job: TrialJob, dataset_id: str) -> str:
         raise NotImplementedError
@@ -132,6 +133,7 @@ class FineTuneRunner(Runner):
     """The shared fine-tuning loop (Eq. 5 with the attack's loss hooks), then the §3 metrics."""
 
     name = "finetuning"
+    draws_after = True
 
     def attack_spec(self, job: TrialJob, **execution: Any) -> AttackSpec:
         """The loop's spec; ``execution`` overrides settings (execution-only ones, or max_steps in tests)."""
@@ -244,6 +246,7 @@ class SaliencyRunner(FineTuneRunner):
     """Heo et al.'s fooling: the shared loop (the attack's own losses, eval mode), then FSR (§6)."""
 
     name = "saliency"
+    draws_after = False  # the heatmap picture is part of its evaluation stage (``run``)
 
     def eval_spec(self, job: TrialJob, store_uri: str, dataset_id: str):
         from jobs.saliency_eval import SaliencyEvalSpec
@@ -268,9 +271,6 @@ class SaliencyRunner(FineTuneRunner):
     def trial_key(self, job: TrialJob, dataset_id: str) -> str:
         e = self.eval_spec(job, "/", dataset_id)
         return store.content_key(self.attack_key(job, dataset_id), e.key(dataset_id))
-
-    def pictures(self, job: TrialJob, store_uri: str) -> list[tuple[str, str]]:
-        return []  # the heatmap picture is part of its evaluation stage (``run``)
 
     def stored(self, job: TrialJob, store_uri: str) -> TrialOutcome | None:
         from jobs.saliency_eval import committed_eval

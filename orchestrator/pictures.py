@@ -12,8 +12,6 @@ drawing itself is done once per metrics key (jobs.before_after.draw_committed).
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from typing import Any
 
@@ -23,6 +21,7 @@ from jobs.runners import TrialJob, runner_for
 from orchestrator import tune_callbacks
 from orchestrator.plan import TrialPlan
 from orchestrator.tracking import client, find_child_runs
+from orchestrator.trial import log_store_files
 from shared import store
 
 TAG = "vizsweep.pictures"  # "logged" once the trial's pictures are at its run's artifact root
@@ -45,7 +44,7 @@ class TrialPictures:
 
     def __init__(self, store_uri: str, s3: Any = None) -> None:
         self.store_uri, self.s3 = store_uri, s3
-        self.tasks: dict[str, tuple[TrialPlan, Any]] = {}
+        self.tasks: dict[str, Any] = {}  # trial key -> its task (none for a family that draws nothing after)
 
     def __enter__(self) -> TrialPictures:
         tune_callbacks.ON_DONE = lambda plan: self.start(TrialPlan.from_dict(plan))
@@ -55,12 +54,12 @@ class TrialPictures:
         tune_callbacks.ON_DONE = None
 
     def start(self, plan: TrialPlan) -> None:
-        if plan.trial_key not in self.tasks:
-            self.tasks[plan.trial_key] = (plan, _draw.remote(plan.job, self.store_uri, self.s3))
+        if plan.trial_key not in self.tasks and runner_for(plan.job["attack"]).draws_after:
+            self.tasks[plan.trial_key] = _draw.remote(plan.job, self.store_uri, self.s3)
 
     def finish(self, plans: list[TrialPlan], tracking_uri: str, sweep_id: str, say=print) -> int:
         """Draw (where not yet drawn) and log the pictures of every finished trial run of ``plans``
-        that lacks them; returns how many runs got them. A failure is reported and left for the next
+        that lacks them; returns how many runs got pictures. A failure is reported and left for the next
         launch: the trial's numbers are logged already."""
         runs = {
             r.data.tags.get("vizsweep.trial_key"): r
@@ -69,22 +68,19 @@ class TrialPictures:
         todo = [p for p in plans if p.trial_key in runs and runs[p.trial_key].data.tags.get(TAG) != "logged"]
         for p in todo:
             self.start(p)
-        n = 0
+        c, n = client(tracking_uri), 0
         for p in todo:
-            plan, ref = self.tasks[p.trial_key]
-            try:
-                pictures, seconds = ray.get(ref)
-            except Exception as e:  # one trial's pictures must not end the launch
-                say(f"pictures of {p.run_name} failed ({type(e).__name__}: {e}); the next launch draws them")
-                continue
-            c, run_id = client(tracking_uri), runs[p.trial_key].info.run_id
-            with tempfile.TemporaryDirectory() as tmp:
-                for src, name in pictures:
-                    path = os.path.join(tmp, name)
-                    with open(path, "wb") as f:
-                        f.write(store.read_bytes(src))
-                    c.log_artifact(run_id, path)  # at the artifact root: the compare page shows only those
-            c.log_metric(run_id, "pictures_s", round(seconds, 3))
+            run_id = runs[p.trial_key].info.run_id
+            if p.trial_key in self.tasks:
+                try:
+                    pictures, seconds = ray.get(self.tasks[p.trial_key])
+                except Exception as e:  # one trial's pictures must not end the launch
+                    say(
+                        f"pictures of {p.run_name} failed ({type(e).__name__}: {e}); the next launch draws them"
+                    )
+                    continue
+                log_store_files(lambda path, r=run_id: c.log_artifact(r, path), pictures)  # the artifact root
+                c.log_metric(run_id, "pictures_s", round(seconds, 3))
+                n += 1
             c.set_tag(run_id, TAG, "logged")
-            n += 1
         return n

@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,11 +217,7 @@ def log_outputs(run: TrialRun, plan: TrialPlan, outcome: TrialOutcome, decisions
             with open(path, "w") as f:
                 json.dump(decisions, f, indent=1)
             run.log_artifact(path)
-        for src, name in outcome.artifacts:
-            path = os.path.join(tmp, name)
-            with open(path, "wb") as f:
-                f.write(store.read_bytes(src))
-            run.log_artifact(path)
+        log_store_files(run.log_artifact, outcome.artifacts)
         pointer = os.path.join(tmp, "model.json")
         with open(pointer, "w") as f:
             json.dump(
@@ -232,3 +229,13 @@ def log_outputs(run: TrialRun, plan: TrialPlan, outcome: TrialOutcome, decisions
                 f,
             )
         run.log_artifact(pointer)
+
+
+def log_store_files(log_artifact: Callable[[str], None], files: list[tuple[str, str]]) -> None:
+    """Each ``(store URI, name)`` in ``files`` logged as ``name`` at a run's artifact root."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for src, name in files:
+            path = os.path.join(tmp, name)
+            with open(path, "wb") as f:
+                f.write(store.read_bytes(src))
+            log_artifact(path)
