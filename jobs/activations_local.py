@@ -11,6 +11,9 @@ the work so each stage overlaps the others:
   calling thread: forward with the unit-score hooks (all intra-op threads; GPU when present)
   writer thread:  one Parquet part per batch and layer
 
+When this process holds the split decoded already (a trial's train split: jobs.decoded_splits),
+the reader hands on its batches instead of reading and decoding the shards again.
+
 PIL's decode and resize, torch's kernels and Parquet's encoder all release
 the GIL, so the threads run in parallel. Decode, forward and part writing are
 ``jobs.activation_parts``, the same functions the Ray Data executor calls.
@@ -30,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from jobs import activation_parts as parts
+from jobs import decoded_splits
 from shared.progress import Progress
 
 _DEPTH = 2  # batches queued between stages: enough to hide jitter, little memory
@@ -131,7 +135,16 @@ def run_local(spec, pre, dirs: dict[str, str], attempt: str, total: int | None, 
     device = pick_device(spec.device)
     workers = decode_threads(device.type)
 
+    kept = decoded_splits.find(spec.dataset, spec.split, pre)
+
     def read() -> None:
+        if kept is not None:  # decoded already by this process's trial (jobs.decoded_splits)
+            for batch in kept.batches(spec.batch_size, spec.limit):
+                if stop.is_set():
+                    return
+                decoded.put(batch)
+            decoded.put(_END)
+            return
         with ThreadPoolExecutor(workers, thread_name_prefix="activations-decode") as pool:
             ahead: deque = deque()  # decodes in flight, handed on in order
             for t in record_batches(spec.dataset, spec.split, spec.batch_size, spec.limit):

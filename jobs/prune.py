@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jobs import decoded_splits
 from jobs.accuracy import run_accuracy
 from jobs.attack_data import split_index, steps_per_epoch
 from jobs.train_stream import TrainStream
@@ -157,6 +158,7 @@ def run_prune(spec: PruneSpec, store_uri: str, progress: Progress = no_progress)
     ctx = PruneContext(example, (info.head,), lambda layer: info.resolve_layer(layer, model), train)
     model, index_map = pruner().prune(model, spec, ctx)
     history += _fit(model, spec, stream, device, spec.epochs, "fine-tune", progress)
+    decoded_splits.forget()  # this Ray worker runs other tasks next: it does not hold the decoded split
     make_permanent(model)
     model = model.cpu().to(memory_format=torch.contiguous_format)
     rates = {

@@ -195,7 +195,21 @@ class TrainStream:
             )
         self.cached: dict[str, np.ndarray] | None = None  # the decoded split, in shard order
         if rows * 3 * self.pre.crop**2 * 4 <= cache_bytes:
-            self.cached = self._decode_all()
+            self.cached = self._kept_or_decoded()
+
+    def _kept_or_decoded(self) -> dict[str, np.ndarray]:
+        """The split this process decoded already (jobs.decoded_splits), else decoded now and kept."""
+        from jobs import decoded_splits
+
+        split, pre = self.spec.train_split, self.pre
+        kept = decoded_splits.find(self.spec.dataset, split, pre)
+        if kept is not None and len(kept.arrays["ok"]) == self.rows:
+            return {k: kept.arrays[k] for k in ("pixels", "label", "ok")}
+        decoded_splits.forget()
+        out = self._decode_all()
+        ids = np.asarray(self.split.index.column("image_id").to_pylist(), dtype=object)
+        decoded_splits.keep(self.spec.dataset, split, pre, {**out, "image_id": ids})
+        return out
 
     # --- the two executors ----------------------------------------------------------------
 

@@ -244,3 +244,32 @@ def test_auto_executor_is_local_on_one_node_and_ray_data_on_several(monkeypatch)
 def test_an_unknown_executor_is_refused_with_the_valid_ones(setup, tmp_path):
     with pytest.raises(ValueError, match="executor='spark'.*auto, local, ray-data"):
         run_activations(_spec(setup, executor="spark"), str(tmp_path / "store"))
+
+
+def test_tables_from_the_split_a_trial_decoded_equal_the_read_ones(setup, tmp_path):
+    """jobs.decoded_splits: a trial's final tables take its decoded train split; the tables are the same."""
+    from jobs import decoded_splits
+    from jobs.train_stream import decode_rows, split_rows
+
+    pre = model_info("alexnet_mini").preprocess
+    spec = _spec(setup, executor="local", split="train", batch_size=24)
+    decoded_splits.forget()
+    read = run_activations(spec, str(tmp_path / "read"))
+    split = split_rows(setup["data"], "train")
+    rows = decode_rows(split, 0, split.index.num_rows, pre)
+    ids = np.asarray(split.index.column("image_id").to_pylist(), dtype=object)
+    decoded_splits.keep(setup["data"], "train", pre, {**rows, "image_id": ids})
+    try:
+        kept = decoded_splits.find(setup["data"], "train", pre)
+        assert kept is not None
+        first = kept.arrays["pixels"][0].copy()
+        kept.arrays["pixels"][0] += 1.0  # a marker: tables from the kept split would show it
+        marked = run_activations(spec, str(tmp_path / "marked"))
+        kept.arrays["pixels"][0] = first
+        taken = run_activations(spec, str(tmp_path / "taken"))
+    finally:
+        decoded_splits.forget()
+    for layer in LAYERS:
+        a, b, m = (read_table(r.tables[layer]) for r in (read, taken, marked))
+        assert list(a[0]) == list(b[0]) and np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2])
+        assert not np.array_equal(a[2][0], m[2][0]) and np.array_equal(a[2][1:], m[2][1:])

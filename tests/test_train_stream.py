@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from jobs import decoded_splits
 from jobs.train_stream import TrainStream, decode_rows, epoch_order, epoch_windows, split_rows
 
 CPU = torch.device("cpu")
@@ -136,8 +137,33 @@ def test_ray_data_gives_the_local_batches(data, ray_local):
     local = TrainStream(spec, ROWS, 0, executor="local")
     assert TrainStream(spec, ROWS, 0).executor == "local"  # one node: auto stays in this process
     ray_data = TrainStream(spec, ROWS, 0, executor="ray-data")
+    decoded_splits.forget()  # a split kept by an earlier test would be taken instead of decoded on Ray Data
     ray_cached = TrainStream(spec, ROWS, 2**30, executor="ray-data")
     assert ray_cached.cached is not None
     full = _batches(local, 1)
     assert _same(_batches(ray_data, 1), full) and _same(_batches(ray_cached, 1), full)
     assert _same(_batches(ray_data, 1, 4), full[4:])
+
+
+def test_a_second_stream_takes_the_split_this_process_decoded(data, monkeypatch):
+    """jobs.decoded_splits: the next trial in the same actor does not decode its train split again."""
+    decoded_splits.forget()
+    first = TrainStream(_spec(data), ROWS, 2**30, executor="local")
+    kept = decoded_splits.find(data, "train", first.pre)
+    assert (
+        kept is not None
+        and list(kept.arrays["image_id"]) == split_rows(data, "train").index.column("image_id").to_pylist()
+    )
+
+    def no_decode(self):
+        raise AssertionError("decoded the split again")
+
+    monkeypatch.setattr(TrainStream, "_decode_all", no_decode)
+    again = TrainStream(_spec(data, seed=8), ROWS, 2**30, executor="local")
+    assert again.cached["pixels"] is first.cached["pixels"]
+    assert _same(_batches(again, 0), _batches(TrainStream(_spec(data, seed=8), ROWS, 0, executor="local"), 0))
+    from shared.datasets import Preprocess
+
+    assert decoded_splits.find(data, "val", first.pre) is None  # another split, another preprocessing: none
+    assert decoded_splits.find(data, "train", Preprocess(resize=48, crop=32)) is None
+    decoded_splits.forget()
