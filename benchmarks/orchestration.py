@@ -15,8 +15,10 @@ the cost of one α change, and the makespan of 16 equal trials on a simulated 4-
 Last line: one JSON object. ``--quick`` shortens the attack and the simulated trials; ``--scale N``
 makes both N times longer (epochs of the attack, seconds of the simulated trials), to tell a fixed
 start-up cost (``fixed_s``: the same at every length) from a cost that grows with the trial.
+``--repeat R`` runs R rounds of both sides, alternating which goes first, and reports the medians:
+on a machine whose speed drifts (a VM with steal time) one round can be 15-25 % off either way.
 
-    python benchmarks/orchestration.py [--quick] [--scale N]
+    python benchmarks/orchestration.py [--quick] [--scale N] [--repeat R]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -49,68 +52,91 @@ def sweep_dict(root: str, quick: bool, scale: int = 1) -> dict:
     }  # fmt: skip
 
 
-def overhead(root: str, quick: bool, scale: int = 1) -> dict:
+def overhead(root: str, quick: bool, scale: int = 1, repeat: int = 1) -> dict:
     from jobs.raysetup import ensure_ray
-    from jobs.runners import runner_for
-    from orchestrator.phases.attacks import run_trials
     from orchestrator.phases.prepare import prepare
     from orchestrator.phases.tables import initial_tables
-    from orchestrator.plan import plan_trials
     from orchestrator.spec import load_spec
-    from orchestrator.tracking import SweepTracker, client, find_child_runs
-    from shared import store
 
     spec = load_spec(sweep_dict(root, quick, scale))
     ensure_ray()
     prep = prepare(spec)
     initial_tables(spec, prep)
-    stores = {}
-    for side in ("direct", "tune"):  # identical prepared stores, so neither side reuses the other's work
-        stores[side] = os.path.join(root, f"store-{side}")
-        shutil.copytree(
-            store.local_path(spec.store), stores[side], ignore=shutil.ignore_patterns("mlflow.db", "sweeps")
-        )
+    rounds = []
+    for i in range(repeat):  # odd rounds run the Tune side first: a machine that drifts favours neither
+        sides = ("direct", "tune") if i % 2 == 0 else ("tune", "direct")
+        got = {side: (_direct if side == "direct" else _tuned)(root, spec, prep, i) for side in sides}
+        rounds.append({**got["tune"], "direct_s": got["direct"][0], "direct_parts": got["direct"][1]})
+    by_tune = sorted(rounds, key=lambda r: r["tune_s"])
+    o = dict(by_tune[len(by_tune) // 2])  # the round of the median Tune time: its parts
+    direct = statistics.median(r["direct_s"] for r in rounds)
+    o |= {"direct_s": round(direct, 2), "overhead_ratio": round(o["tune_s"] / direct, 3),
+          "fixed_s": round(o["tune_s"] - direct, 2),
+          # before the trial's first line and after its last: Tune's start, the trial actor's process
+          # start and imports (torch, Ray Tune, MLflow), Tune's end
+          "tune_start_s": round(o["tune_s"] - o["wall_s"], 2), "outside_share": round(share_outside(o), 3),
+          "rounds": [{"direct_s": r["direct_s"], "tune_s": r["tune_s"]} for r in rounds]}  # fmt: skip
+    return o
 
-    (plan,) = plan_trials(spec.model_copy(update={"store": stores["direct"]}), prep)
+
+def _store_copy(root: str, spec, side: str, i: int) -> str:
+    """An identical copy of the prepared store, so that no run reuses another's work."""
+    from shared import store
+
+    dst = os.path.join(root, f"store-{side}-{i}")
+    shutil.copytree(store.local_path(spec.store), dst, ignore=shutil.ignore_patterns("mlflow.db", "sweeps"))
+    return dst
+
+
+def _direct(root: str, spec, prep, i: int) -> tuple[float, dict]:
+    """The attack + metrics called in this process, the α rule in the loop: (seconds, parts)."""
     import torch
 
+    from jobs import decoded_splits
+    from jobs.runners import runner_for
+    from orchestrator.plan import plan_trials
+
+    st = _store_copy(root, spec, "direct", i)
+    (plan,) = plan_trials(spec.model_copy(update={"store": st}), prep)
+    decoded_splits.forget()  # like the trial's fresh process, this call decodes its train split itself
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # what Ray gives a 1-CPU trial (OMP_NUM_THREADS=1): same compute on both sides
     t = time.perf_counter()
-    direct_out = runner_for(plan.job["attack"]).run(plan.trial_job(), stores["direct"])
-    direct = time.perf_counter() - t
+    out = runner_for(plan.job["attack"]).run(plan.trial_job(), st)
+    took = time.perf_counter() - t
     torch.set_num_threads(threads)
+    return round(took, 2), {k: round(v, 3) for k, v in out.costs.items()}
 
-    tspec = spec.model_copy(
-        update={"store": stores["tune"], "tracking_uri": f"sqlite:///{root}/bench-mlflow.db"}
-    )
-    (plan,) = plan_trials(tspec, prep)
-    tracker = SweepTracker(tspec.tracking_uri, "bench")
-    parent = tracker.parent("bench", {}, {})
+
+def _tuned(root: str, spec, prep, i: int) -> dict:
+    """The same attack as a Tune trial with MLflow logging, α from the scheduler: its time and parts."""
+    from orchestrator.phases.attacks import run_trials
+    from orchestrator.plan import plan_trials
     from orchestrator.progress import SweepProgress
+    from orchestrator.tracking import SweepTracker, client, find_child_runs
 
-    progress = SweepProgress(1, 0, os.path.join(stores["tune"], "sweeps", "bench"), quiet=True)
+    st = _store_copy(root, spec, "tune", i)
+    name = f"bench{i}"
+    tspec = spec.model_copy(update={"store": st, "tracking_uri": f"sqlite:///{root}/bench-mlflow-{i}.db"})
+    (plan,) = plan_trials(tspec, prep)
+    tracker = SweepTracker(tspec.tracking_uri, name)
+    parent = tracker.parent(name, {}, {})
+    progress = SweepProgress(1, 0, os.path.join(st, "sweeps", name), quiet=True)
     t = time.perf_counter()
     failed, _ = run_trials(
-        tspec, "bench", [plan], tspec.tracking_uri, tracker.experiment_id, parent, progress, 1
+        tspec, name, [plan], tspec.tracking_uri, tracker.experiment_id, parent, progress, 1
     )
     tuned = time.perf_counter() - t
     progress.close()
     assert not failed, failed
-    (run,) = find_child_runs(tspec.tracking_uri, "bench")
+    (run,) = find_child_runs(tspec.tracking_uri, name)
     waits = [m.value for m in client(tspec.tracking_uri).get_metric_history(run.info.run_id, "alpha_wait_s")]
     parts = {k: round(v, 3) for k, v in run.data.metrics.items() if k.endswith("_s") and k != "alpha_wait_s"}
     missing = [k for k in PART_KEYS if k not in parts]
     assert not missing, f"the trial's final metrics lack {missing}: {sorted(run.data.metrics)}"
-    return {"direct_s": round(direct, 2), "tune_s": round(tuned, 2), "overhead_ratio": round(tuned / direct, 3),
-            "fixed_s": round(tuned - direct, 2),
-            # before the trial's first line and after its last: Tune's start, the trial actor's process
-            # start and imports (torch, Ray Tune, MLflow), Tune's end
-            "tune_start_s": round(tuned - parts["wall_s"], 2),
-            "alpha_changes": len(waits), "alpha_change_mean_s": round(sum(waits) / len(waits), 4),
-            "alpha_change_max_s": round(max(waits), 4), **parts,
-            "outside_share": round(share_outside(parts), 3),
-            "direct_parts": {k: round(v, 3) for k, v in direct_out.costs.items()}}  # fmt: skip
+    return {"tune_s": round(tuned, 2), "alpha_changes": len(waits),
+            "alpha_change_mean_s": round(sum(waits) / len(waits), 4), "alpha_change_max_s": round(max(waits), 4),
+            **parts}  # fmt: skip
 
 
 PART_KEYS = ("train_s", "eval_s", "tables_s", "metrics_s", "other_s", "wall_s")
@@ -119,6 +145,7 @@ PART_KEYS = ("train_s", "eval_s", "tables_s", "metrics_s", "other_s", "wall_s")
 def parts_line(o: dict) -> str:
     """One trial's wall time per part, and the share outside training steps and evaluations."""
     skip = {
+        "rounds",
         "direct_s",
         "tune_s",
         "wall_s",
@@ -183,6 +210,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--makespan-only", action="store_true", help="only part 3 (no attack run)")
     ap.add_argument("--scale", type=int, default=1, help="N times longer trials (default 1)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="R rounds of the direct call and the Tune trial, alternating which goes first; the "
+                         "medians are reported (a machine whose speed drifts, e.g. a VM with steal time)")  # fmt: skip
     args = ap.parse_args()
     from jobs.raysetup import quiet_ray_env
 
@@ -191,7 +221,7 @@ def main() -> None:
     if args.makespan_only:
         print(json.dumps({"benchmark": "orchestration-makespan", **makespan(args.quick, args.scale)}))
         return
-    o = overhead(root, args.quick, args.scale)
+    o = overhead(root, args.quick, args.scale, args.repeat)
     print(f"attack run: direct {o['direct_s']} s, as a Tune trial with MLflow {o['tune_s']} s "
           f"(ratio {o['overhead_ratio']}, {o['fixed_s']} s more); α change: mean {o['alpha_change_mean_s']} s, "
           f"worst {o['alpha_change_max_s']} s over {o['alpha_changes']}; outside the trial's own wall time "
