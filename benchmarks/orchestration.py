@@ -121,11 +121,9 @@ def _tuned(root: str, spec, prep, i: int) -> dict:
     (plan,) = plan_trials(tspec, prep)
     tracker = SweepTracker(tspec.tracking_uri, name)
     parent = tracker.parent(name, {}, {})
-    progress = SweepProgress(1, 0, os.path.join(st, "sweeps", name), quiet=True)
+    progress = SweepProgress(1, 0, os.path.join(st, "sweeps", name), quiet=True)  # listens to the trial
     t = time.perf_counter()
-    failed, _ = run_trials(
-        tspec, name, [plan], tspec.tracking_uri, tracker.experiment_id, parent, progress, 1
-    )
+    failed, _ = run_trials(tspec, name, [plan], tspec.tracking_uri, tracker.experiment_id, parent, 1)
     tuned = time.perf_counter() - t
     progress.close()
     assert not failed, failed

@@ -14,7 +14,6 @@ within the cache budget the caller decoded it under.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -40,8 +39,7 @@ class DecodedSplit:
             yield {k: v[start : min(start + batch_size, n)] for k, v in self.arrays.items()}
 
 
-_kept: list[DecodedSplit] = []  # at most one
-_lock = threading.Lock()
+_kept: DecodedSplit | None = None  # one name bound at a time: no lock needed
 
 
 def keep(dataset: str, split: str, pre: Any, arrays: dict[str, np.ndarray]) -> None:
@@ -49,21 +47,19 @@ def keep(dataset: str, split: str, pre: Any, arrays: dict[str, np.ndarray]) -> N
     missing = {"pixels", "label", "ok", "image_id"} - set(arrays)
     if missing:
         raise ValueError(f"decoded_splits.keep: arrays lack {sorted(missing)}")
-    with _lock:
-        _kept[:] = [DecodedSplit(dataset_id(dataset), split, pre, dict(arrays))]
+    global _kept
+    _kept = DecodedSplit(dataset_id(dataset), split, pre, dict(arrays))
 
 
 def find(dataset: str, split: str, pre: Any) -> DecodedSplit | None:
     """The kept split when it is this one, decoded with this preprocessing; else None."""
-    with _lock:
-        kept = list(_kept)
-    if not kept:
+    d = _kept
+    if d is None or d.split != split or d.pre != pre or d.dataset != dataset_id(dataset):
         return None
-    d = kept[0]
-    return d if d.split == split and d.pre == pre and d.dataset == dataset_id(dataset) else None
+    return d
 
 
 def forget() -> None:
     """Drop the kept split (before decoding another, so that two never sit in memory at once)."""
-    with _lock:
-        _kept.clear()
+    global _kept
+    _kept = None

@@ -39,19 +39,23 @@ def _draw(job: dict[str, Any], store_uri: str, s3: Any) -> tuple[list[tuple[str,
 class TrialPictures:
     """The picture tasks of one launch: started as trials finish, logged by :meth:`finish`.
 
-    While it is active (a ``with`` block), Tune's ``TrialDone`` relay starts the task of each trial
-    that reports ``done_trial``."""
+    While it is active (a ``with`` block), it listens to Tune's trial events
+    (``tune_callbacks.TrialEvents``) and starts the task of each trial that reports ``done_trial``."""
 
     def __init__(self, store_uri: str, s3: Any = None) -> None:
         self.store_uri, self.s3 = store_uri, s3
         self.tasks: dict[str, Any] = {}  # trial key -> its task (none for a family that draws nothing after)
 
     def __enter__(self) -> TrialPictures:
-        tune_callbacks.ON_DONE = lambda plan: self.start(TrialPlan.from_dict(plan))
+        tune_callbacks.LISTENERS.append(self._event)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        tune_callbacks.ON_DONE = None
+        tune_callbacks.LISTENERS.remove(self._event)
+
+    def _event(self, kind: str, trial_id: str, result: dict | None, config: dict) -> None:
+        if kind == "result" and result and result.get("done_trial"):
+            self.start(TrialPlan.from_dict(config["plan"]))
 
     def start(self, plan: TrialPlan) -> None:
         if plan.trial_key not in self.tasks and runner_for(plan.job["attack"]).draws_after:

@@ -75,9 +75,9 @@ class SweepProgress:
         SweepProgress.current = self
         from orchestrator import tune_callbacks  # Tune only when a sweep runs, not for a Bar
 
-        tune_callbacks.LISTENER = self.event
+        tune_callbacks.LISTENERS.append(self.event)
 
-    def event(self, kind: str, trial_id: str, result: dict | None = None) -> None:
+    def event(self, kind: str, trial_id: str, result: dict | None = None, config: dict | None = None) -> None:
         now = time.time()
         if kind == "start":
             self.running.add(trial_id)
@@ -126,10 +126,11 @@ class SweepProgress:
             self.bar.set_postfix(info, refresh=False)
             self.bar.refresh()
 
-    def tune_callback(self):
-        from orchestrator.tune_callbacks import ProgressRelay
+    def __enter__(self) -> SweepProgress:
+        return self
 
-        return ProgressRelay()
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # also when a round raises: no later sweep's events reach this display
 
     def close(self) -> None:
         if self.bar is not None:
@@ -137,4 +138,5 @@ class SweepProgress:
         SweepProgress.current = None
         from orchestrator import tune_callbacks
 
-        tune_callbacks.LISTENER = None
+        if self.event in tune_callbacks.LISTENERS:
+            tune_callbacks.LISTENERS.remove(self.event)

@@ -135,10 +135,10 @@ def _launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None
         progress = SweepProgress(len(plans), len(done), sdir, quiet=quiet)
         first, later = [p for p in todo if not p.after], [p for p in todo if p.after]
         board = _hold_board(sid, sdir) if first and later else None  # one α board for both rounds
-        with pictures:  # each trial's pictures start as it ends (orchestrator.pictures)
+        with progress, pictures:  # each trial's pictures start as it ends (orchestrator.pictures)
             if first:
                 failed, stopped_now = run_trials(
-                    spec, sid, first, tracking_uri, experiment_id, parent, progress, max_concurrent
+                    spec, sid, first, tracking_uri, experiment_id, parent, max_concurrent
                 )
                 stopped += stopped_now
             if later and not stop_requested(sdir):  # trials on the models the first round trained
@@ -146,11 +146,10 @@ def _launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None
                 failed += blocked
                 if ready:
                     failed_now, stopped_now = run_trials(spec, sid, ready, tracking_uri, experiment_id, parent,
-                                                         progress, max_concurrent, name="attacks-on-models")  # fmt: skip
+                                                         max_concurrent, name="attacks-on-models")  # fmt: skip
                     failed += failed_now
                     stopped += stopped_now
         del board
-        progress.close()
     drawn = pictures.finish(plans, tracking_uri, sid, say)
     if drawn:
         say(f"sweep {sid}: before/after pictures of {drawn} trial(s) logged")

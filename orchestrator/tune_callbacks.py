@@ -1,8 +1,8 @@
 """Tune callbacks (module level: Tune pickles them into the experiment state).
 
-A leaf module: the live progress display registers itself in :data:`LISTENER`, so this
-module imports nothing of the orchestrator but the leaf ``orchestrator.status`` (no import circle
-with ``orchestrator.progress``).
+A leaf module: the live progress display and the trials' pictures register themselves in
+:data:`LISTENERS`, so this module imports nothing of the orchestrator but the leaf
+``orchestrator.status`` (no import circle with ``orchestrator.progress``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from ray.tune.stopper import Stopper
 
 from orchestrator.status import stop_requested
 
-LISTENER: Callable[[str, str, dict | None], None] | None = None  # set by orchestrator.progress.SweepProgress
-ON_DONE: Callable[[dict], None] | None = None  # set by orchestrator.pictures.TrialPictures: a plan dict
+# (kind, trial id, result or None, the trial's config): orchestrator.progress.SweepProgress and
+# orchestrator.pictures.TrialPictures add themselves while they are active
+Listener = Callable[[str, str, "dict | None", dict], None]
+LISTENERS: list[Listener] = []
 
 
 class _DropTrialTracebacks(logging.Filter):
@@ -38,12 +40,12 @@ def quiet_trial_errors() -> None:
 
 
 def _relay(kind: str, trial, result: dict | None = None) -> None:
-    if LISTENER is not None:
-        LISTENER(kind, trial.trial_id, result)
+    for listen in list(LISTENERS):
+        listen(kind, trial.trial_id, result, trial.config or {})
 
 
-class ProgressRelay(Callback):
-    """Hands Tune's trial events to the live progress display, when one is listening."""
+class TrialEvents(Callback):
+    """Hands Tune's trial events to every listener in :data:`LISTENERS`."""
 
     def on_trial_start(self, iteration, trials, trial, **info):
         _relay("start", trial)
@@ -64,14 +66,6 @@ class ProgressRelay(Callback):
         # an infrastructure fault (the trial itself fails once on bad input): Tune runs it again
         name = (trial.config or {}).get("plan", {}).get("run_name", trial.trial_id)
         _relay("retry", trial, {"name": name, "failures": trial.run_metadata.num_failures})
-
-
-class TrialDone(Callback):
-    """Hands each trial that reports ``done_trial`` (its plan) to :data:`ON_DONE`, when one is set."""
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        if ON_DONE is not None and result.get("done_trial"):
-            ON_DONE(trial.config["plan"])
 
 
 class StopRequest(Stopper):

@@ -43,9 +43,12 @@ def log_stored(plans: list[TrialPlan], done: set[str], spec: Any, tracking_uri: 
     return n
 
 
-def run_trials(spec, sid, todo: list[TrialPlan], tracking_uri, experiment_id, parent, progress,
+def run_trials(spec, sid, todo: list[TrialPlan], tracking_uri, experiment_id, parent,
                max_concurrent: int | None, name: str = "attacks") -> tuple[list[str], list[str]]:  # fmt: skip
     """The trials on Ray Tune; returns the run names of failed and of controller-stopped trials.
+
+    Tune's trial events reach whoever listens (``tune_callbacks.LISTENERS``: the live progress, the
+    trials' pictures).
 
     ``name``: Tune's experiment (a round of trials that start from other trials' models has its own,
     so a restore after a crash resumes the round that was running)."""
@@ -54,7 +57,7 @@ def run_trials(spec, sid, todo: list[TrialPlan], tracking_uri, experiment_id, pa
 
     from orchestrator.alpha_scheduler import AlphaScheduler, get_or_create_board
     from orchestrator.trial import TrialContext, attack_trial
-    from orchestrator.tune_callbacks import StopRequest, TrialDone, quiet_trial_errors
+    from orchestrator.tune_callbacks import StopRequest, TrialEvents, quiet_trial_errors
 
     quiet_trial_errors()
     sdir = sweep_dir(spec.store, sid)
@@ -72,7 +75,7 @@ def run_trials(spec, sid, todo: list[TrialPlan], tracking_uri, experiment_id, pa
     run_config = tune.RunConfig(
         name=name, storage_path=path, storage_filesystem=fs, verbose=0,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        callbacks=[progress.tune_callback(), TrialDone()], log_to_file=True, stop=StopRequest(sdir),
+        callbacks=[TrialEvents()], log_to_file=True, stop=StopRequest(sdir),
     )  # fmt: skip
     exp = os.path.join(path, name)
     if tune.Tuner.can_restore(exp, storage_filesystem=fs):
