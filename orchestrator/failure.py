@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import time
 
+from orchestrator.redaction import redact, safe_tags
 from orchestrator.status import write_status
-from orchestrator.tracking import client, find_child_runs, redact, safe_tags
 from shared import store
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ def mark_launch_failed(sdir: str, sweep_id: str, exc: BaseException) -> None:
 
 def fail_runs(tracking_uri: str, sweep_id: str, parent_run_id: str, reason: str) -> None:
     """The sweep's RUNNING trial runs and its parent run: FAILED, the reason tagged on the parent."""
+    from orchestrator.tracking import client, find_child_runs  # MLflow: not in the trials that import this
+
     try:
         c = client(tracking_uri)
         for run in find_child_runs(tracking_uri, sweep_id, status="RUNNING"):

@@ -134,7 +134,7 @@ def _launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None
         write_status(sdir, state="attacks")
         progress = SweepProgress(len(plans), len(done), sdir, quiet=quiet)
         first, later = [p for p in todo if not p.after], [p for p in todo if p.after]
-        board = _hold_board(sid, sdir) if first and later else None  # one α board for both rounds
+        held = _hold_actors(sid, sdir, tracking_uri) if first and later else None  # the same for both rounds
         with progress, pictures:  # each trial's pictures start as it ends (orchestrator.pictures)
             if first:
                 failed, stopped_now = run_trials(
@@ -149,7 +149,7 @@ def _launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None
                                                          max_concurrent, name="attacks-on-models")  # fmt: skip
                     failed += failed_now
                     stopped += stopped_now
-        del board
+        del held
     drawn = pictures.finish(plans, tracking_uri, sid, say)
     if drawn:
         say(f"sweep {sid}: before/after pictures of {drawn} trial(s) logged")
@@ -167,12 +167,14 @@ def _launch(spec: Any, *, quiet: bool = False, max_concurrent: int | None = None
                        failed, stopped, time.time() - t0)  # fmt: skip
 
 
-def _hold_board(sid: str, sdir: str) -> Any:
-    """A handle on the sweep's α board: the board lives while a handle does, and each round of
-    trials (``run_trials``) drops its own when it returns; held here, the next round finds it alive."""
+def _hold_actors(sid: str, sdir: str, tracking_uri: str) -> tuple[Any, Any]:
+    """Handles on the sweep's α board and run log: an actor lives while a handle does, and each round
+    of trials (``run_trials``) drops its own when it returns; held here, the next round finds them
+    alive (a round that asked while the last handle was going would get an actor on its way out)."""
     from orchestrator.alpha_scheduler import get_or_create_board
+    from orchestrator.run_log import start_run_log
 
-    return get_or_create_board(sid, store.join(sdir, "alpha"))
+    return get_or_create_board(sid, store.join(sdir, "alpha")), start_run_log(sid, tracking_uri)
 
 
 def _figures(store_uri: str, sid: str, tracking_uri: str) -> list[str]:

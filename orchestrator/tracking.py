@@ -22,7 +22,6 @@ import json
 import logging
 import numbers
 import os
-import re
 import time
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
@@ -32,6 +31,8 @@ from urllib.parse import quote
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from orchestrator.redaction import MAX_TAG_VALUE, safe_key, safe_params, safe_tags, truncate
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,6 @@ TAG_PARENT = "mlflow.parentRunId"  # what the MLflow UI nests children by
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
-MAX_PARAM_VALUE = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
-MAX_TAG_VALUE = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
-MAX_KEY = 250  # mlflow.utils.validation.MAX_ENTITY_KEY_LENGTH
 BATCH = 100  # MAX_PARAMS_TAGS_PER_BATCH; metrics allow 1000, we stay under both
 
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
@@ -78,74 +76,6 @@ def compare_url(server_uri: str, experiment_id: str, run_ids: Iterable[str]) -> 
     return (
         f"{base}/#/compare-runs?runs={enc([str(r) for r in run_ids])}&experiments={enc([str(experiment_id)])}"
     )
-
-
-# --------------------------------------------------------------------------- redaction
-
-_SECRET_KEY = re.compile(r"secret|password|token|access_key|credential", re.IGNORECASE)
-# scheme://userinfo@ -> scheme://; a password after ':' may hold a raw '/' (AWS secret keys do)
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)(?:[^/@\s'\"]*:[^@\s'\"]*|[^/@\s'\"]+)@")
-# ?X-Amz-Signature=...&token=... in presigned or tokened URLs
-_SECRET_QUERY = re.compile(
-    r"([?&][^=&\s'\"]*(?:secret|password|token|access_key|credential|signature)[^=&\s'\"]*=)[^&\s'\"]*",
-    re.IGNORECASE,
-)
-_BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
-
-
-def redact(value: object) -> str:
-    """``value`` as text with credentials removed from any URI inside it.
-
-    Works on whole strings (a list of URIs rendered with ``str`` included), so
-    that a credential hidden in a nested structure is caught too.
-    """
-    text = str(value)
-    text = _USERINFO.sub(r"\1", text)
-    return _SECRET_QUERY.sub(r"\1***", text)
-
-
-def is_secret_key(key: str) -> bool:
-    return bool(_SECRET_KEY.search(key))
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings -> one level with dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _truncate(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _sanitize(d: Mapping[str, Any], limit: int) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, value in flatten(d).items():
-        if is_secret_key(key):
-            continue
-        out[_truncate(_BAD_KEY_CHARS.sub("_", key), MAX_KEY)] = _truncate(redact(value), limit)
-    return out
-
-
-def safe_params(d: Mapping[str, Any]) -> dict[str, str]:
-    """Params as MLflow accepts them, with no credential in keys or values.
-
-    Flattens nested dicts with dotted keys, drops every key that looks like a
-    secret (the whole dotted key is checked, so ``s3.secret_key`` goes too),
-    strips userinfo from URIs and truncates values to MLflow's 6000 characters.
-    """
-    return _sanitize(d, MAX_PARAM_VALUE)
-
-
-def safe_tags(d: Mapping[str, Any]) -> dict[str, str]:
-    """Like :func:`safe_params`, with MLflow's longer tag limit."""
-    return _sanitize(d, MAX_TAG_VALUE)
 
 
 # --------------------------------------------------------------------------- clients and searches
@@ -353,7 +283,7 @@ def _check_status(status: str) -> None:
 def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
     """The numbers among ``metrics`` (bools and text are not metrics)."""
     return {
-        _truncate(_BAD_KEY_CHARS.sub("_", k), MAX_KEY): float(v)
+        safe_key(k): float(v)
         for k, v in metrics.items()
         if isinstance(v, numbers.Real) and not isinstance(v, bool)
     }
@@ -447,12 +377,16 @@ class TrialRun:
         ts = _now_ms()
         _log(
             self.client, self.run_id, metrics=[Metric(k, v, ts, 0) for k, v in values.items()],
-            tags=[RunTag(TAG_FINAL_METRICS, _truncate(",".join(sorted(self._final)), MAX_TAG_VALUE))],
+            tags=[RunTag(TAG_FINAL_METRICS, truncate(",".join(sorted(self._final)), MAX_TAG_VALUE))],
         )  # fmt: skip
 
     def log_artifact(self, local_path: str | os.PathLike) -> None:
         """Upload a file (or folder) at the artifact root: the compare page shows only root artifacts."""
         self.client.log_artifact(self.run_id, os.fspath(local_path))
+
+    def tags(self) -> dict[str, str]:
+        """The run's tags as MLflow holds them now."""
+        return dict(self.client.get_run(self.run_id).data.tags)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         _log(self.client, self.run_id, tags=[RunTag(k, v) for k, v in safe_tags(tags).items()])

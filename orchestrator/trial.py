@@ -5,7 +5,8 @@ The trial keeps its own checkpoints in the store, under the attack's content key
 restarted by ``vizsweep resume``, continues from its last evaluation interval
 whoever restarts it; Tune's own checkpoint copy would write the same 100s of MB
 twice. The MLflow run is found again by the trial key and skips steps it has
-already logged. The α comes from the :mod:`orchestrator.alpha_scheduler`.
+already logged; it is written by the sweep's :mod:`orchestrator.run_log` actor, so that a
+trial's process never imports MLflow. The α comes from the :mod:`orchestrator.alpha_scheduler`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import tune
@@ -26,9 +27,14 @@ from jobs.runners import TrialOutcome, runner_for
 from orchestrator.alpha_scheduler import BOARD_NAMESPACE, board_name
 from orchestrator.failure import is_deterministic, reason_of
 from orchestrator.plan import TrialPlan
+from orchestrator.run_log import RemoteRun, run_log
 from orchestrator.status import checkpoints_uri, stop_requested, sweep_dir, write_trial_state
-from orchestrator.tracking import TrialRun
 from shared import store, timing
+
+if TYPE_CHECKING:
+    from orchestrator.tracking import TrialRun
+
+    RunLike = TrialRun | RemoteRun  # the driver logs stored outcomes itself (phases.attacks)
 
 STEP_METRICS = ("attack_loss", "maintain_loss", "alpha", "acc_drop", "epoch")
 DECISION_TIMEOUT_S = 600.0
@@ -45,7 +51,6 @@ class TrialContext:
 
     sweep_id: str
     store_uri: str
-    tracking_uri: str
     experiment_id: str
     parent_run_id: str
     s3: Any = None
@@ -79,7 +84,9 @@ def attack_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         # bad config or data: a retry would fail the same way, so the trial fails once, with one line
         reason = reason_of(e)
         write_trial_state(sdir, plan["trial_key"], plan["run_name"], "failed", error=reason)
-        TrialRun.fail(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, plan["trial_key"], reason)
+        ray.get(
+            run_log(ctx.sweep_id).fail.remote(ctx.experiment_id, ctx.parent_run_id, plan["trial_key"], reason)
+        )
         tune.report({"phase": "failed", "failed_trial": 1, "error": f"{plan['run_name']}: {reason}"})
         return
     write_trial_state(sdir, plan["trial_key"], plan["run_name"], state)
@@ -89,14 +96,15 @@ def _attack_trial(config: dict[str, Any], ctx: TrialContext) -> str:
     """Runs the trial; returns its state for ``vizsweep status`` (``done`` or ``stopped``)."""
     plan = TrialPlan.from_dict(config["plan"])
     job = plan.trial_job()
-    finished = TrialRun.finished(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, plan.trial_key)
+    runs = run_log(ctx.sweep_id)
+    finished = ray.get(runs.finished.remote(ctx.experiment_id, ctx.parent_run_id, plan.trial_key))
     if finished and (outcome := runner_for(job.attack).stored(job, ctx.store_uri)) is not None:
         # ended (committed and logged) before its driver died, before Tune recorded it: not run again
         tune.report({**outcome.final, "phase": "done", "done_trial": 1})
         return "done"
-    run = TrialRun.open(
-        ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, plan.trial_key, plan.run_name,
-        plan.params, plan.run_tags(ctx.sweep_id),
+    run = RemoteRun.open(
+        runs, ctx.experiment_id, ctx.parent_run_id, plan.trial_key, plan.run_name, plan.params,
+        plan.run_tags(ctx.sweep_id),
     )  # fmt: skip
     ckdir = checkpoints_uri(ctx.store_uri, plan.attack_key)
     board = ray.get_actor(board_name(ctx.sweep_id), namespace=BOARD_NAMESPACE)
@@ -162,7 +170,7 @@ def _attack_trial(config: dict[str, Any], ctx: TrialContext) -> str:
 
 
 def finish_run(
-    run: TrialRun, plan: TrialPlan, outcome: TrialOutcome, decisions: list | None = None
+    run: RunLike, plan: TrialPlan, outcome: TrialOutcome, decisions: list | None = None
 ) -> dict[str, float]:
     """Artifacts, final metrics and the status tag of a finished trial's run, then FINISHED.
 
@@ -180,9 +188,9 @@ def finish_run(
     return costs
 
 
-def _mark_attempt(run: TrialRun, resume: str | None) -> None:
+def _mark_attempt(run: RemoteRun, resume: str | None) -> None:
     """Where and how often the trial ran, and from which step it continued (for users and tests)."""
-    tags = run.client.get_run(run.run_id).data.tags
+    tags = run.tags()
     attempts = int(tags.get("vizsweep.attempts", "0")) + 1
     nodes = [n for n in tags.get("vizsweep.nodes", "").split(",") if n]
     node = ray.get_runtime_context().get_node_id()
@@ -208,7 +216,7 @@ def _existing(ckdir: str) -> str | None:
     return ckdir
 
 
-def log_outputs(run: TrialRun, plan: TrialPlan, outcome: TrialOutcome, decisions: list | None = None) -> None:
+def log_outputs(run: RunLike, plan: TrialPlan, outcome: TrialOutcome, decisions: list | None = None) -> None:
     """Pictures, per-unit tables and the α decisions at the run's artifact root (the compare page
     shows only root artifacts)."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -68,3 +68,14 @@ def test_a_field_added_to_one_family_changes_no_key_of_another(monkeypatch):
     monkeypatch.setattr(saliency, "config", grown)
     assert key(thesis) == before[0]  # the thesis family's keys do not move
     assert key(heo) != before[1]  # the grown family's do
+
+
+def test_a_trials_process_does_not_load_mlflow():
+    """The trials' runs are logged by the sweep's run log actor (orchestrator.run_log): a trial's
+    worker process must not pay MLflow's import and sqlite store (~3 s of every fresh worker)."""
+    code = (
+        "import sys, orchestrator.trial, orchestrator.run_log\n"
+        "print(sorted(m for m in sys.modules if m == 'mlflow' or m.startswith(('mlflow.', 'sqlalchemy'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout[:2000]

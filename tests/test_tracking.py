@@ -12,7 +12,7 @@ from urllib.parse import unquote
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator import tracking
+from orchestrator import redaction, tracking
 from orchestrator.report import COLUMNS, render, report_rows
 from orchestrator.spec import default_tracking_uri
 from orchestrator.tracking import SweepTracker, TrialRun, compare_url, safe_params
@@ -45,10 +45,10 @@ def test_default_tracking_uri(tmp_path, monkeypatch):
 
 
 def test_redact_and_safe_params():
-    assert tracking.redact(f"s3://AKIAKEY:{SECRET}@127.0.0.1:8333/b/k") == "s3://127.0.0.1:8333/b/k"
-    assert tracking.redact("http://user:pw@host:5000/x") == "http://host:5000/x"
-    assert tracking.redact("s3://bucket/k") == "s3://bucket/k"
-    assert tracking.redact("https://h/o?X-Amz-Signature=abc&v=1") == "https://h/o?X-Amz-Signature=***&v=1"
+    assert redaction.redact(f"s3://AKIAKEY:{SECRET}@127.0.0.1:8333/b/k") == "s3://127.0.0.1:8333/b/k"
+    assert redaction.redact("http://user:pw@host:5000/x") == "http://host:5000/x"
+    assert redaction.redact("s3://bucket/k") == "s3://bucket/k"
+    assert redaction.redact("https://h/o?X-Amz-Signature=abc&v=1") == "https://h/o?X-Amz-Signature=***&v=1"
     p = safe_params(
         {
             "store": f"s3://AKIAKEY:{SECRET}@host/b",

@@ -56,16 +56,16 @@ def run_trials(spec, sid, todo: list[TrialPlan], tracking_uri, experiment_id, pa
     from ray import tune
 
     from orchestrator.alpha_scheduler import AlphaScheduler, get_or_create_board
+    from orchestrator.run_log import start_run_log
     from orchestrator.trial import TrialContext, attack_trial
     from orchestrator.tune_callbacks import StopRequest, TrialEvents, quiet_trial_errors
 
     quiet_trial_errors()
     sdir = sweep_dir(spec.store, sid)
     board = get_or_create_board(sid, store.join(sdir, "alpha"))
+    run_log = start_run_log(sid, tracking_uri)  # starts while Tune does; the first trial waits for it
     ray.get(board.history.remote("warm-up"))  # the board is up before the first trial asks it
-    ctx = TrialContext(
-        sid, store.normalize(spec.store), tracking_uri, experiment_id, parent, store.current_s3()
-    )
+    ctx = TrialContext(sid, store.normalize(spec.store), experiment_id, parent, store.current_s3())
     gpu_per = gpus_per_trial(spec)
     cpu_per = float(spec.resources.cpus_per_trial)
     trainable = tune.with_resources(
@@ -93,6 +93,7 @@ def run_trials(spec, sid, todo: list[TrialPlan], tracking_uri, experiment_id, pa
             run_config=run_config,
         )  # fmt: skip
     grid = tuner.fit()
+    del run_log  # held through the round: an actor lives while a handle on it does
     failed, stopped = [], []
     for r in grid:
         name = r.config["plan"]["run_name"] if r.config else "?"
