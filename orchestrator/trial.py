@@ -97,19 +97,21 @@ def _attack_trial(config: dict[str, Any], ctx: TrialContext) -> str:
     plan = TrialPlan.from_dict(config["plan"])
     job = plan.trial_job()
     runs = run_log(ctx.sweep_id)
-    finished = ray.get(runs.finished.remote(ctx.experiment_id, ctx.parent_run_id, plan.trial_key))
+    with timing.part("log"):  # the first trials may wait here for the run log to start
+        finished = ray.get(runs.finished.remote(ctx.experiment_id, ctx.parent_run_id, plan.trial_key))
     if finished and (outcome := runner_for(job.attack).stored(job, ctx.store_uri)) is not None:
         # ended (committed and logged) before its driver died, before Tune recorded it: not run again
         tune.report({**outcome.final, "phase": "done", "done_trial": 1})
         return "done"
-    run = RemoteRun.open(
-        runs, ctx.experiment_id, ctx.parent_run_id, plan.trial_key, plan.run_name, plan.params,
-        plan.run_tags(ctx.sweep_id),
-    )  # fmt: skip
     ckdir = checkpoints_uri(ctx.store_uri, plan.attack_key)
     board = ray.get_actor(board_name(ctx.sweep_id), namespace=BOARD_NAMESPACE)
     resume = _existing(ckdir)
-    _mark_attempt(run, resume)
+    with timing.part("log"):
+        run = RemoteRun.open(
+            runs, ctx.experiment_id, ctx.parent_run_id, plan.trial_key, plan.run_name, plan.params,
+            plan.run_tags(ctx.sweep_id),
+        )  # fmt: skip
+        _mark_attempt(run, resume)
 
     stash: dict[int, dict[str, float]] = {}
 
