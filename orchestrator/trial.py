@@ -11,6 +11,7 @@ trial's process never imports MLflow. The α comes from the :mod:`orchestrator.a
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -35,6 +36,11 @@ if TYPE_CHECKING:
     from orchestrator.tracking import TrialRun
 
     RunLike = TrialRun | RemoteRun  # the driver logs stored outcomes itself (phases.attacks)
+
+# Trials this worker process has started: Tune reuses its trial actors, and the first trial of a
+# process carries the process's first uses (torch._dynamo's import by torch.optim: docs/costs.md).
+_STARTED_HERE = itertools.count(1)
+TAG_WORKER_TRIAL = "vizsweep.worker_trial"  # 1 = the first trial of its worker process
 
 STEP_METRICS = ("attack_loss", "maintain_loss", "alpha", "acc_drop", "epoch")
 DECISION_TIMEOUT_S = 600.0
@@ -191,12 +197,14 @@ def finish_run(
 
 
 def _mark_attempt(run: RemoteRun, resume: str | None) -> None:
-    """Where and how often the trial ran, and from which step it continued (for users and tests)."""
+    """Where and how often the trial ran, and from which step it continued (for users and tests);
+    which trial of its worker process this attempt is (the first pays the process's first uses)."""
     tags = run.tags()
     attempts = int(tags.get("vizsweep.attempts", "0")) + 1
     nodes = [n for n in tags.get("vizsweep.nodes", "").split(",") if n]
     node = ray.get_runtime_context().get_node_id()
-    new = {"vizsweep.attempts": attempts, "vizsweep.node": node, "vizsweep.nodes": ",".join([*nodes, node])}
+    new = {"vizsweep.attempts": attempts, "vizsweep.node": node, "vizsweep.nodes": ",".join([*nodes, node]),
+           TAG_WORKER_TRIAL: next(_STARTED_HERE)}  # fmt: skip
     if resume is not None:
         step = torch_load_step(resume)
         new["vizsweep.resumed_from_step"] = step

@@ -98,6 +98,10 @@ def test_local_sweep_report_status_and_second_launch_trains_nothing(root, capsys
     assert all(
         int(r.data.tags["vizsweep.attempts"]) == 1 for r in sweep_runs(first.tracking_uri, first.sweep_id)
     )
+    # Tune reused its trial actors: 4 trials of the first round on at most 2 workers, so some trial was
+    # not its worker's first (benchmarks/trial_parts.py marks the first ones, which pay the start-up)
+    nth = [int(r.data.tags["vizsweep.worker_trial"]) for r in sweep_runs(first.tracking_uri, first.sweep_id)]
+    assert 1 in nth and max(nth) >= 2, nth
 
     store_arg = ["--store", spec.store]
     assert main(["report", first.sweep_id, *store_arg, "--format", "json"]) == 0
