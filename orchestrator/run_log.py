@@ -7,13 +7,12 @@ only writer of a sqlite store, which lives on the driver's node: a trial on anot
 not reach that file.
 
 :class:`RemoteRun` is what a trial holds: :class:`orchestrator.tracking.TrialRun`'s methods,
-each one call to the actor. Files go over as bytes, since the actor may run on another node.
+each one call to the actor. Files go over as bytes (``log_bytes``), since the actor may run on
+another node.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -40,9 +39,6 @@ class RunLog:
         self.uri = tracking_uri
         client(tracking_uri)  # the store's import and schema check, before the first trial asks
         self.runs: dict[str, TrialRun] = {}
-
-    def ready(self) -> bool:
-        return True
 
     def _run(self, run_id: str) -> TrialRun:
         from orchestrator.tracking import TrialRun, client
@@ -76,12 +72,8 @@ class RunLog:
     def log_final(self, run_id: str, metrics: Mapping[str, Any]) -> None:
         self._run(run_id).log_final(metrics)
 
-    def log_file(self, run_id: str, name: str, data: bytes) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, name)
-            with open(path, "wb") as f:
-                f.write(data)
-            self._run(run_id).log_artifact(path)
+    def log_bytes(self, run_id: str, name: str, data: bytes) -> None:
+        self._run(run_id).log_bytes(name, data)
 
     def tags(self, run_id: str) -> dict[str, str]:
         return self._run(run_id).tags()
@@ -131,11 +123,8 @@ class RemoteRun:
     def log_final(self, metrics: Mapping[str, Any]) -> None:
         ray.get(self.log.log_final.remote(self.run_id, dict(metrics)))
 
-    def log_artifact(self, local_path: str | os.PathLike) -> None:
-        """A file at the run's artifact root."""
-        with open(local_path, "rb") as f:
-            data = f.read()
-        ray.get(self.log.log_file.remote(self.run_id, os.path.basename(os.fspath(local_path)), data))
+    def log_bytes(self, name: str, data: bytes) -> None:
+        ray.get(self.log.log_bytes.remote(self.run_id, name, data))
 
     def tags(self) -> dict[str, str]:
         return ray.get(self.log.tags.remote(self.run_id))

@@ -22,6 +22,7 @@ import json
 import logging
 import numbers
 import os
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
@@ -383,6 +384,15 @@ class TrialRun:
     def log_artifact(self, local_path: str | os.PathLike) -> None:
         """Upload a file (or folder) at the artifact root: the compare page shows only root artifacts."""
         self.client.log_artifact(self.run_id, os.fspath(local_path))
+
+    def log_bytes(self, name: str, data: bytes) -> None:
+        """``data`` as the file ``name`` at the artifact root (a trial's outputs come from the store or
+        from memory, not from a local file)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, name)
+            with open(path, "wb") as f:
+                f.write(data)
+            self.log_artifact(path)
 
     def tags(self) -> dict[str, str]:
         """The run's tags as MLflow holds them now."""

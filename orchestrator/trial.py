@@ -227,26 +227,14 @@ def _existing(ckdir: str) -> str | None:
 
 
 def log_outputs(run: RunLike, plan: TrialPlan, outcome: TrialOutcome, decisions: list | None = None) -> None:
-    """Pictures, per-unit tables and the α decisions at the run's artifact root (the compare page
-    shows only root artifacts)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        if decisions:
-            path = os.path.join(tmp, "alpha_decisions.json")
-            with open(path, "w") as f:
-                json.dump(decisions, f, indent=1)
-            run.log_artifact(path)
-        log_store_files(run.log_artifact, outcome.artifacts)
-        pointer = os.path.join(tmp, "model.json")
-        with open(pointer, "w") as f:
-            json.dump(
-                {
-                    "model_uri": outcome.model_uri,
-                    "attack_key": plan.attack_key,
-                    "model": plan.params["model"],
-                },
-                f,
-            )
-        run.log_artifact(pointer)
+    """Per-unit tables, the α decisions and a pointer to the model at the run's artifact root (the
+    compare page shows only root artifacts)."""
+    if decisions:
+        run.log_bytes("alpha_decisions.json", json.dumps(decisions, indent=1).encode())
+    for src, name in outcome.artifacts:
+        run.log_bytes(name, store.read_bytes(src))
+    pointer = {"model_uri": outcome.model_uri, "attack_key": plan.attack_key, "model": plan.params["model"]}
+    run.log_bytes("model.json", json.dumps(pointer).encode())
 
 
 def log_store_files(log_artifact: Callable[[str], None], files: list[tuple[str, str]]) -> None:

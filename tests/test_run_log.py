@@ -35,9 +35,8 @@ def test_a_trial_run_through_the_run_log(swept, tmp_path):
     )
     for step in range(3):
         assert run.log_step({"acc_drop": step / 10, "alpha": 0.5, "note": "text is not a metric"}, step)
-    picture = tmp_path / "topk_before_after.png"
-    picture.write_bytes(b"\x89PNG the picture's bytes")
-    run.log_artifact(picture)
+    picture = b"\x89PNG the picture's bytes"
+    run.log_bytes("topk_before_after.png", picture)
     run.set_tags({"vizsweep.attempts": 1})
     assert run.tags()["vizsweep.attempts"] == "1"
     run.finish("FAILED")  # the attempt died after step 2; the actor forgets the run
@@ -59,7 +58,7 @@ def test_a_trial_run_through_the_run_log(swept, tmp_path):
     assert "note" not in got.data.metrics and got.data.params["lr"] == "0.0001"
     assert [a.path for a in c.list_artifacts(run.run_id)] == ["topk_before_after.png"]
     local = c.download_artifacts(run.run_id, "topk_before_after.png", str(tmp_path / "down"))
-    assert open(local, "rb").read() == picture.read_bytes()
+    assert open(local, "rb").read() == picture
     values = [*got.data.params.values(), *got.data.tags.values(), *got.data.params, *got.data.tags]
     assert not [v for v in values if SECRET in v or "AKIA" in v]
 
