@@ -26,6 +26,7 @@ from jobs.attack_state import find_checkpoint, load_state, rng_state, save_state
 from jobs.hold import hold_after_checkpoint
 from jobs.train_stream import TrainStream
 from shared import store, timing
+from shared.adam import Adam
 from shared.alpha import next_alpha
 from shared.attacks import accuracy, build_attack, train_step
 from shared.device import autocast, pick_device
@@ -128,7 +129,7 @@ class _Trial:
         self.attack = build_attack(spec.attack, self.data.inputs, spec.config)
         self.attack.bind(spec.model, self.teacher)
         self.model.to(device).train(self.attack.train_mode)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=spec.lr)
+        self.optimizer = Adam(self.model.parameters(), lr=spec.lr)  # torch.optim.Adam without torch._dynamo
         self.amp = autocast(device, spec.amp)
         self.acc0 = self.accuracy(self.teacher)
         self.per_epoch = steps_per_epoch(self.data.train_rows, spec.batch_size)

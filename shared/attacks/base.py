@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from shared.adam import Adam
 from shared.attacks.losses import maintain_loss, scope_mean
 from shared.hooks import UnitScores
 from shared.registry import Registry
@@ -246,7 +247,7 @@ def train_step(
     attack: Attack,
     batch: StepBatch,
     alpha: float,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | Adam,
     autocast: contextlib.AbstractContextManager | None = None,
 ) -> StepLosses:
     """One optimizer step on Eq. 5, ``α·L_A + (1−α)·L_M``, with the attack's own losses.
