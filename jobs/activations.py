@@ -25,12 +25,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.activation_parts import SCORES
+from jobs.activation_parts import MAX_CORRUPT_IDS, SCORES, empty_result, merge, part_name, write_block
 from shared import integrity, store
 from shared.progress import Progress, no_progress
 
 CODE_VERSION = "activations-v1"
 EXECUTORS = ("auto", "local", "ray-data")
+PART_ROWS = 8192  # rows per part of a table committed from recorded scores
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,57 @@ def run_activations(
     return ActivationsResult(
         all_dirs, res["rows"], res["corrupt"], res["corrupt_ids"], False, time.time() - t0, executor
     )
+
+
+def commit_scored(
+    spec: ActivationsSpec,
+    store_uri: str,
+    ids: list[str],
+    labels: np.ndarray,
+    scores: dict[str, np.ndarray],
+    unreadable: list[str],
+    source: str,
+) -> ActivationsResult:
+    """Commit the tables of ``spec`` from unit scores recorded elsewhere (no forward pass here).
+
+    The attack's last evaluation classifies every readable image of the split with the result's
+    weights, in fp32 and eval mode, through the same decode: its unit scores are this stage's
+    rows (``jobs.attack.EvalScores``). ``source`` goes into the manifest as the executor. Layers
+    already committed are left as they are.
+    """
+    from shared.dataset_meta import dataset_id
+
+    if spec.limit is not None:
+        raise ValueError(
+            f"commit_scored: ActivationsSpec.limit={spec.limit}; recorded scores cover a whole split"
+        )
+    t0 = time.time()
+    ds_id = dataset_id(spec.dataset)
+    dirs = {}
+    for layer in spec.layers:
+        d = table_uri(store_uri, spec.variant_key, layer, spec.state_key, spec.split)
+        done = integrity.intact_manifest(d)
+        if done is None or done.get("key") != spec.key(ds_id, layer):
+            integrity.prepare_recompute(d)
+            dirs[layer] = d
+    res = empty_result(dirs)
+    if dirs:
+        n = len(ids)
+        cols = {"image_id": pa.array(ids, pa.string()), "label": pa.array(np.asarray(labels, np.int64)),
+                "ok": pa.array(np.ones(n, bool))}  # fmt: skip
+        for layer in dirs:
+            x = np.ascontiguousarray(scores[layer], dtype=np.float32)
+            cols[f"{SCORES}.{layer}"] = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
+        table, attempt = pa.table(cols), uuid.uuid4().hex[:8]
+        for i, start in enumerate(range(0, n, PART_ROWS)):
+            res = merge(res, write_block(table.slice(start, PART_ROWS), dirs, part_name(attempt, 0, i)))
+        res["corrupt"], res["corrupt_ids"] = len(unreadable), list(unreadable[:MAX_CORRUPT_IDS])
+        for layer, d in dirs.items():
+            _commit(spec, layer, d, spec.key(ds_id, layer), ds_id, res, source)
+    return ActivationsResult(
+        {ly: table_uri(store_uri, spec.variant_key, ly, spec.state_key, spec.split) for ly in spec.layers},
+        len(ids), len(unreadable), list(unreadable[:MAX_CORRUPT_IDS]), not dirs, time.time() - t0, source,
+    )  # fmt: skip
 
 
 def _commit(

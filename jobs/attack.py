@@ -28,11 +28,11 @@ from jobs.train_stream import TrainStream
 from shared import store, timing
 from shared.adam import Adam
 from shared.alpha import next_alpha
-from shared.attacks import accuracy, build_attack, train_step
+from shared.attacks import accuracy, accuracy_and_scores, build_attack, train_step
 from shared.device import autocast, pick_device
 from shared.models.zoo import build_model, save_checkpoint
 
-__all__ = ["AttackResult", "AttackSpec", "model_dir", "run_attack"]
+__all__ = ["AttackResult", "AttackSpec", "EvalScores", "model_dir", "run_attack"]
 Report = Callable[[dict[str, Any]], dict[str, Any] | None]
 AlphaSource = Callable[[int, dict[str, Any]], float]
 
@@ -51,6 +51,20 @@ class AttackResult:
     seconds: float  # wall time of this call
     result_step: int | None = None  # step whose weights are the result (< steps: budget kept, see below)
     budget_broken: bool = False  # α-controlled, and no evaluated state held the accuracy budget
+    eval_scores: EvalScores | None = None  # the result's unit scores over the whole evaluation split
+
+
+@dataclass(frozen=True)
+class EvalScores:
+    """Unit scores of the attacked layers over every readable image of the evaluation split,
+    recorded by the last evaluation when its weights are the result's: the metrics stage's
+    activation tables of θ on that split, without their forward pass (``jobs.activations.commit_scored``)."""
+
+    split: str
+    ids: list[str]  # readable images, in the evaluation's order
+    labels: Any  # np.ndarray [N] int64
+    scores: dict[str, Any]  # layer -> np.ndarray [N, J] float32
+    unreadable: list[str]  # the split's images that did not decode
 
 
 def model_dir(store_uri: str, key: str) -> str:
@@ -140,11 +154,29 @@ class _Trial:
         self.history: list[dict[str, Any]] = []
         self.last_ckpt: str | None = None
         self.kept: tuple[int, dict[str, torch.Tensor]] | None = None  # last evaluated state within budget
+        self.eval_scores: tuple[int, EvalScores] | None = None  # (step, scores) of a recording evaluation
 
-    def accuracy(self, model: torch.nn.Module) -> float:
-        ev = self.data.eval
+    def accuracy(self, model: torch.nn.Module, record: bool = False) -> float:
+        """Top-1 on the evaluation subset; ``record``: keep the layers' unit scores too (:class:`EvalScores`)."""
+        ev, spec = self.data.eval, self.spec
         with timing.part("eval"):
-            return accuracy(model, ev.pixels, ev.labels, self.spec.eval_batch_size, self.amp)
+            if not record:
+                return accuracy(model, ev.pixels, ev.labels, spec.eval_batch_size, self.amp)
+            acc, scores = accuracy_and_scores(
+                model, spec.model, spec.layers, ev.pixels, ev.labels, spec.eval_batch_size, self.amp
+            )
+        self.eval_scores = (
+            self.step,
+            EvalScores(spec.eval_split, list(ev.ids), ev.labels.cpu().numpy(),
+                       {k: v.numpy() for k, v in scores.items()}, list(ev.unreadable)),
+        )  # fmt: skip
+        return acc
+
+    def records_tables(self) -> bool:
+        """Whether the last evaluation is also the metrics stage's forward pass over the split: it
+        classifies every image of it, in fp32 (the tables are fp32; ``amp`` changes the scores)."""
+        ev = self.data.eval
+        return not self.spec.amp and len(ev.labels) > 0 and self.spec.eval_images >= ev.split_rows
 
     def resume(self, path: str, alpha_source: AlphaSource | None) -> None:
         state = load_state(find_checkpoint(path), self.key)
@@ -202,7 +234,7 @@ class _Trial:
 
     def evaluate(self, attack_loss: float, maintain_loss: float, use_rule: bool) -> dict[str, Any]:
         """Step metrics of the interval just finished; the α rule runs here unless a scheduler decides."""
-        acc = self.accuracy(self.model)
+        acc = self.accuracy(self.model, record=self.step == self.total and self.records_tables())
         metrics: dict[str, Any] = {
             "step": self.step, "epoch": self.step / self.per_epoch, "attack_loss": float(attack_loss),
             "maintain_loss": float(maintain_loss), "alpha": float(self.alpha), "acc": acc,
@@ -278,9 +310,11 @@ def _run(spec, store_uri, key, device, report, checkpoint_dir, resume_from, alph
         outcome = {"result_step": result_step, "budget_broken": broken}
         uri = _commit(spec, store_uri, key, trial, final_acc, time.time() - t0, outcome)
         _share_accuracy(spec, store_uri, key, trial, result_step, uri)
+    scored = trial.eval_scores
     return AttackResult(
         uri, key, trial.history, final_acc, trial.acc0, trial.step, False, stopped, trial.last_ckpt,
         time.time() - t0, result_step, broken,
+        scored[1] if uri is not None and scored is not None and scored[0] == result_step else None,
     )  # fmt: skip
 
 

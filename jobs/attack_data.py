@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,7 @@ class EvalSubset:
     pixels: torch.Tensor
     labels: torch.Tensor
     split_rows: int = 0  # images in the whole split (ids == all of it, less unreadable ones, when equal)
+    unreadable: list[str] = field(default_factory=list)  # picked images that did not decode
 
 
 @dataclass
@@ -90,8 +91,9 @@ def eval_subset(spec: AttackSpec, device: torch.device) -> EvalSubset:
     ids = [str(i) for i in eval_all[pick]]
     pixels, keep = decode_ids(spec, spec.eval_split, ids)
     labels = torch.from_numpy(eval_lab[pick][keep].astype(np.int64))
+    bad = [i for i, k in zip(ids, keep) if not k]
     ids = [i for i, k in zip(ids, keep) if k]
-    return EvalSubset(ids, pixels.to(device), labels.to(device), len(eval_all))
+    return EvalSubset(ids, pixels.to(device), labels.to(device), len(eval_all), bad)
 
 
 @register_provider("unit-targets")

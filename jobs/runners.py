@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from jobs import featureviz_stage
-from jobs.attack import AlphaSource, Report, model_dir, run_attack
+from jobs.activations import commit_scored
+from jobs.attack import AlphaSource, AttackResult, Report, model_dir, run_attack
 from jobs.attack_spec import AttackSpec
 from jobs.metrics import MetricsResult, MetricsSpec, committed_metrics, draw_pictures, run_metrics
 from shared import store, timing
@@ -118,6 +119,18 @@ class Runner:
 RUNNERS: Registry[Runner] = Registry("trial runner")
 
 
+def _commit_eval_tables(mspec: MetricsSpec, store_uri: str, res: AttackResult) -> None:
+    """θ's activation tables on the evaluation split from the last evaluation's unit scores, when it
+    recorded them (``jobs.attack.EvalScores``): the metrics stage then finds them committed and
+    skips that forward pass over the split."""
+    ev = res.eval_scores
+    if ev is None or ev.split not in (mspec.val_split, *mspec.splits) or set(ev.scores) != set(mspec.layers):
+        return
+    with timing.part("tables"):
+        commit_scored(mspec.activations("final", ev.split), store_uri, ev.ids, ev.labels, ev.scores,
+                      ev.unreadable, source="attack evaluation")  # fmt: skip
+
+
 def register_runner(cls: type[Runner]) -> type[Runner]:
     RUNNERS.register(cls.name)(cls())
     return cls
@@ -202,10 +215,10 @@ class FineTuneRunner(Runner):
             )  # fmt: skip
             if res.stopped or res.model_uri is None:
                 return None
+            mspec = self.metrics_spec(job, store_uri, dataset_id(job.dataset))
+            _commit_eval_tables(mspec, store_uri, res)
             with timing.part("metrics"):  # the pictures are drawn after the trial (``pictures``)
-                mres = run_metrics(
-                    self.metrics_spec(job, store_uri, dataset_id(job.dataset)), store_uri, pictures=False
-                )
+                mres = run_metrics(mspec, store_uri, pictures=False)
             fv = None
             if featureviz_stage.settings(job.evaluation) is not None:  # timed as the "featureviz" part
                 fv = featureviz_stage.run_stage(job, store_uri, res.key, res.model_uri, mres)

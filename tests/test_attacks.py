@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -464,7 +465,9 @@ def test_a_run_that_cannot_hold_the_budget_is_marked_broken(tiny, ray_local, mon
 
     # every evaluated state loses all accuracy: no state holds the 0.5 pp budget
     monkeypatch.setattr(
-        jobs.attack._Trial, "accuracy", lambda self, model: 1.0 if model is self.teacher else 0.0
+        jobs.attack._Trial,
+        "accuracy",
+        lambda self, model, record=False: 1.0 if model is self.teacher else 0.0,
     )
     spec = _tiny_spec(tiny, max_steps=8)
     res = run_attack(spec, str(tiny["root"] / "broken"))
@@ -493,3 +496,54 @@ def test_evaluations_of_the_whole_val_split_are_committed_as_its_accuracy(tiny, 
             shared.rows,
             shared.corrupt,
         )
+
+
+@pytest.mark.slow
+def test_the_last_evaluation_of_the_whole_val_split_gives_its_activation_tables(tiny, ray_local):
+    """The last evaluation classifies all of V with the result's weights: its unit scores, committed
+    as θ's tables on V, are the rows the metrics stage's own forward pass computes, bit for bit."""
+    from jobs.activations import ActivationsSpec, commit_scored, read_table, run_activations
+    from jobs.attack import run_attack
+
+    spec = _tiny_spec(tiny, max_steps=4, layers=("conv3", "conv5"))
+    root, fresh = str(tiny["root"] / "tables"), str(tiny["root"] / "tables-fresh")
+    res = run_attack(spec, root)
+    ev = res.eval_scores
+    assert ev is not None and ev.split == "val" and len(ev.ids) == 64 and not ev.unreadable
+    acts = ActivationsSpec(dataset=spec.dataset, split="val", model=spec.model, weights=res.model_uri,
+                           variant_key="tiny", layers=spec.layers, state_key=res.key)  # fmt: skip
+    out = commit_scored(acts, root, ev.ids, ev.labels, ev.scores, ev.unreadable, source="attack evaluation")
+    again = run_activations(acts, root)
+    assert not out.skipped and again.skipped and again.executor == "attack evaluation"
+    computed = run_activations(acts, fresh)
+    assert not computed.skipped and computed.executor == "local"
+    for layer in spec.layers:
+        ids, labels, scores = read_table(out.tables[layer])
+        ids2, labels2, scores2 = read_table(computed.tables[layer])
+        o, o2 = np.argsort(ids.astype(str)), np.argsort(ids2.astype(str))
+        assert list(ids[o]) == list(ids2[o2]) and np.array_equal(labels[o], labels2[o2])
+        assert (
+            scores.shape == scores2.shape and scores.shape[1] > 1 and np.array_equal(scores[o], scores2[o2])
+        )
+
+
+@pytest.mark.slow
+def test_no_tables_from_an_evaluation_that_is_not_the_result_or_not_fp32(tiny, ray_local, monkeypatch):
+    import jobs.attack
+    from jobs.attack import run_attack
+
+    assert run_attack(_tiny_spec(tiny, max_steps=4, amp=True), str(tiny["root"] / "amp")).eval_scores is None
+    assert (
+        run_attack(_tiny_spec(tiny, max_steps=4, eval_images=32), str(tiny["root"] / "sub")).eval_scores
+        is None
+    )
+    # the budget kept an earlier state (the last one lost every image): its weights are not the last ones
+    real = jobs.attack._Trial.accuracy
+
+    def accuracy(self, model, record=False):
+        acc = real(self, model, record)  # records at the last step, as the real one does
+        return acc if model is self.teacher else self.acc0 if self.step < self.total else 0.0
+
+    monkeypatch.setattr(jobs.attack._Trial, "accuracy", accuracy)
+    res = run_attack(_tiny_spec(tiny, max_steps=8), str(tiny["root"] / "kept"))  # evaluations at 4 and 8
+    assert res.result_step == 4 and res.steps == 8 and not res.budget_broken and res.eval_scores is None

@@ -14,7 +14,7 @@ raises) and a failed lookup lists the registered names.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -293,6 +293,35 @@ def accuracy(
     autocast: contextlib.AbstractContextManager | None = None,
 ) -> float:
     """Top-1 accuracy in [0, 1] in eval mode; the model's previous mode is restored."""
+    return _accuracy(model, pixels, labels, batch_size, autocast)
+
+
+@torch.no_grad()
+def accuracy_and_scores(
+    model: nn.Module,
+    model_name: str,
+    layers: Sequence[str],
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 256,
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> tuple[float, dict[str, torch.Tensor]]:
+    """:func:`accuracy`, and the unit scores of ``layers`` (``[N, J]`` float32 on the CPU, as an
+    activation table holds them) recorded on the same forward passes."""
+    parts: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
+    with UnitScores(model, model_name, list(layers)) as rec:
+
+        def keep() -> None:
+            for layer in layers:
+                parts[layer].append(rec.scores[layer].float().cpu())
+
+        acc = _accuracy(model, pixels, labels, batch_size, autocast, keep)
+    return acc, {layer: torch.cat(p) if p else torch.zeros(0, 0) for layer, p in parts.items()}
+
+
+def _accuracy(
+    model, pixels, labels, batch_size, autocast, after_batch: Callable[[], None] | None = None
+) -> float:
     was_training = model.training
     model.eval()
     correct = 0
@@ -301,6 +330,8 @@ def accuracy(
             with torch.no_grad(), autocast if autocast is not None else contextlib.nullcontext():
                 logits = model(pixels[i : i + batch_size])
             correct += int((logits.argmax(dim=1) == labels[i : i + batch_size]).sum())
+            if after_batch is not None:
+                after_batch()
     finally:
         model.train(was_training)
     return correct / max(len(pixels), 1)
