@@ -108,6 +108,7 @@ class RemoteRun:
     def __init__(self, log: ray.actor.ActorHandle, run_id: str) -> None:
         self.log = log
         self.run_id = run_id
+        self.pending: list[ray.ObjectRef] = []  # step logs sent without waiting (see log_step)
 
     @classmethod
     def open(cls, log: ray.actor.ActorHandle, experiment_id: str, parent_run_id: str, trial_key: str,
@@ -117,20 +118,32 @@ class RemoteRun:
         )
         return cls(log, run_id)
 
-    def log_step(self, metrics: Mapping[str, Any], step: int) -> bool:
-        return ray.get(self.log.log_step.remote(self.run_id, dict(metrics), step))
+    def log_step(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Sent without waiting: the trial trains on while the actor writes. The actor runs one
+        caller's calls in the order they were sent, so the steps land in order and before any later
+        call; a failed one is raised by the next call that waits (:meth:`flush` at the latest)."""
+        self.pending.append(self.log.log_step.remote(self.run_id, dict(metrics), step))
+
+    def flush(self) -> None:
+        """Wait for the step logs sent so far (and raise the first that failed)."""
+        pending, self.pending = self.pending, []
+        ray.get(pending)
+
+    def _call(self, ref: ray.ObjectRef) -> Any:
+        self.flush()
+        return ray.get(ref)
 
     def log_final(self, metrics: Mapping[str, Any]) -> None:
-        ray.get(self.log.log_final.remote(self.run_id, dict(metrics)))
+        self._call(self.log.log_final.remote(self.run_id, dict(metrics)))
 
     def log_bytes(self, name: str, data: bytes) -> None:
-        ray.get(self.log.log_bytes.remote(self.run_id, name, data))
+        self._call(self.log.log_bytes.remote(self.run_id, name, data))
 
     def tags(self) -> dict[str, str]:
-        return ray.get(self.log.tags.remote(self.run_id))
+        return self._call(self.log.tags.remote(self.run_id))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        ray.get(self.log.set_tags.remote(self.run_id, dict(tags)))
+        self._call(self.log.set_tags.remote(self.run_id, dict(tags)))
 
     def finish(self, status: str = "FINISHED") -> None:
-        ray.get(self.log.finish.remote(self.run_id, status))
+        self._call(self.log.finish.remote(self.run_id, status))

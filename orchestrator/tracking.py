@@ -401,6 +401,9 @@ class TrialRun:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         _log(self.client, self.run_id, tags=[RunTag(k, v) for k, v in safe_tags(tags).items()])
 
+    def flush(self) -> None:
+        """Nothing to wait for: this class's calls return once logged (``RemoteRun`` has its own)."""
+
     def finish(self, status: str = FINISHED) -> None:
         _check_status(status)
         self.client.set_terminated(self.run_id, status)

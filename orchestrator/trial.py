@@ -186,6 +186,7 @@ def finish_run(
     artifacts are logged, or the outcome's own; none for an outcome read from the store. Returns them.
     """
     with timing.part("log"):
+        run.flush()  # the step logs still on their way count in the trial's cost
         log_outputs(run, plan, outcome, decisions)
     timer = timing.current()
     costs = timer.costs() if timer is not None else dict(outcome.costs)

@@ -33,8 +33,9 @@ def test_a_trial_run_through_the_run_log(swept, tmp_path):
     run = RemoteRun.open(
         log, exp, parent, "trial-a", "alexnet/conv5/push-down", params, {"vizsweep.sweep_id": sid}
     )
-    for step in range(3):
-        assert run.log_step({"acc_drop": step / 10, "alpha": 0.5, "note": "text is not a metric"}, step)
+    for step in range(3):  # sent without waiting; the next call that waits follows them
+        run.log_step({"acc_drop": step / 10, "alpha": 0.5, "note": "text is not a metric"}, step)
+    assert len(run.pending) == 3
     picture = b"\x89PNG the picture's bytes"
     run.log_bytes("topk_before_after.png", picture)
     run.set_tags({"vizsweep.attempts": 1})
@@ -44,8 +45,8 @@ def test_a_trial_run_through_the_run_log(swept, tmp_path):
 
     again = RemoteRun.open(log, exp, parent, "trial-a", "alexnet/conv5/push-down", params, {})
     assert again.run_id == run.run_id
-    assert not again.log_step({"acc_drop": 9.0}, 2)  # restarted from a checkpoint at step 2
-    assert again.log_step({"acc_drop": 0.3}, 3)
+    again.log_step({"acc_drop": 9.0}, 2)  # restarted from a checkpoint at step 2: skipped (history below)
+    again.log_step({"acc_drop": 0.3}, 3)
     again.log_final({"clip_delta": 0.25, "missing": None})
     again.finish()
     assert ray.get(log.finished.remote(exp, parent, "trial-a"))
@@ -72,3 +73,14 @@ def test_a_failed_trial_is_marked_through_the_run_log(swept):
     got = MlflowClient(uri).get_run(run.run_id)
     assert got.info.status == "FAILED"
     assert got.data.tags["vizsweep.status"] == "failed: ValueError: layer 'conv9' is not in alexnet_mini"
+
+
+def test_a_step_log_that_failed_is_raised_by_the_next_call_that_waits(swept):
+    import ray
+
+    _, _, _, _, handle = swept
+    lost = RemoteRun(handle, "no-such-run-id")
+    lost.log_step({"acc_drop": 0.1}, 1)  # returns at once
+    with pytest.raises(ray.exceptions.RayTaskError, match="no-such-run-id"):
+        lost.flush()
+    assert lost.pending == []

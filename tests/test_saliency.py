@@ -213,6 +213,7 @@ def test_a_trials_cost_parts_sum_to_its_wall_and_reach_its_final_metrics(tiny, m
     logged: dict = {}
     run = SimpleNamespace(
         log_bytes=lambda name, data: None,
+        flush=lambda: None,
         log_final=logged.update,
         set_tags=lambda tags: None,
         finish=lambda s: None,
