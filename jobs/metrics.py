@@ -38,10 +38,10 @@ import pyarrow.parquet as pq
 from jobs.accuracy import run_accuracy
 from jobs.activations import ActivationsSpec, run_activations, table_uri
 from jobs.before_after import PICTURE, draw_committed, pdf_uri, pick_units
+from jobs.embedding_cache import embed_cached
 from jobs.metrics_inputs import (
     DECOY_TOP,
     emb_array,
-    embed_ids,
     set_array,
     tau_scores,
     tau_subset,
@@ -289,7 +289,9 @@ def _compute(spec, store_uri, pending, dirs, keys, progress) -> dict[tuple[str, 
     emb = {}
     for split in dict.fromkeys(sp for _, sp in pending):  # each unique top-k image of a split once
         ids = {i for (_, _, sp), t in topk.items() if sp == split for i in t.column("image_id").to_pylist()}
-        emb[split] = embed_ids(embedder, spec.dataset, split, sorted(ids), spec.embed_batch_size, progress)
+        emb[split] = embed_cached(
+            embedder, spec.dataset, split, sorted(ids), store_uri, spec.embed_batch_size, progress
+        )
     tau_ids = tau_subset(spec.dataset, spec.val_split, spec.tau_images, spec.tau_seed)
     out = {}
     for layer in dict.fromkeys(ly for ly, _ in pending):
@@ -314,6 +316,28 @@ def _compute(spec, store_uri, pending, dirs, keys, progress) -> dict[tuple[str, 
             out[ls] = _commit(spec, ls, dirs[ls], keys[ls], table, accs, record)
             progress(len(out), len(pending), phase="metrics", layer=layer, split=sp)
     return out
+
+
+def initial_embeddings(
+    dataset: str, model: str, weights: str, variant_key: str, layers: tuple[str, ...], splits: tuple[str, ...],
+    k: int, embedder: str | Mapping[str, Any], store_uri: str, device: str = "auto", batch_size: int = 64,
+    progress: Progress = no_progress,
+) -> int:  # fmt: skip
+    """Embed θ0's top-k images of each layer on each split into the store's embedding cache
+    (``jobs.embedding_cache``), once per variant before the trials: every trial's metrics stage
+    embeds them again otherwise. Needs θ0's committed tables (phase 2); returns the images embedded
+    or found."""
+    from shared.embedders import get_embedder
+
+    emb = get_embedder(_embedder_spec(embedder), device=device)
+    total = 0
+    for split in dict.fromkeys(splits):
+        acts = ActivationsSpec(dataset=dataset, split=split, model=model, weights=weights,
+                               variant_key=variant_key, layers=tuple(layers))  # fmt: skip
+        tables = run_activations(acts, store_uri).tables  # committed by phase 2: read, not computed
+        ids = {i for ly in layers for i in run_topk(tables[ly], k).table.column("image_id").to_pylist()}
+        total += len(embed_cached(emb, dataset, split, sorted(ids), store_uri, batch_size, progress))
+    return total
 
 
 def _accuracy(spec: MetricsSpec, state: str, store_uri: str, progress: Progress) -> float:
