@@ -45,11 +45,6 @@ def score_batch(net, model_name: str, layers: tuple[str, ...], device, amp: bool
 
     ok = np.asarray(batch["ok"], dtype=bool)
     n = len(ok)
-    cols: dict[str, pa.Array] = {
-        "image_id": pa.array(np.asarray(batch["image_id"]).astype(str), pa.string()),
-        "label": pa.array(np.asarray(batch["label"], dtype=np.int64)),
-        "ok": pa.array(ok),
-    }
     pixels = np.asarray(batch["pixels"])
     pixels = torch.from_numpy(np.ascontiguousarray(pixels if ok.all() else pixels[ok])).to(device)
     scores: dict[str, np.ndarray] = {}
@@ -58,12 +53,26 @@ def score_batch(net, model_name: str, layers: tuple[str, ...], device, amp: bool
             with UnitScores(net, model_name, list(layers)) as rec:
                 rec.run(pixels, stop_early=True)  # the layers after the last hooked one are not needed
             scores = {k: v.float().cpu().numpy() for k, v in rec.scores.items()}
+    full = {}
     for layer in layers:
-        j = scores[layer].shape[1] if layer in scores else 0
-        full = np.zeros((n, j), dtype=np.float32)
+        full[layer] = np.zeros((n, scores[layer].shape[1] if layer in scores else 0), dtype=np.float32)
         if layer in scores:
-            full[ok] = scores[layer]
-        flat = pa.array(full.reshape(-1), pa.float32())
+            full[layer][ok] = scores[layer]
+    return scored_table(np.asarray(batch["image_id"]).astype(str), batch["label"], ok, full)
+
+
+def scored_table(image_ids, labels, ok: np.ndarray, scores: dict[str, np.ndarray]) -> pa.Table:
+    """image_id, label, ok and ``scores.<layer>`` ([n, J] float32 per layer; J = 0 gives nulls): the
+    rows :func:`write_block` writes, whichever forward pass scored them."""
+    n = len(ok)
+    cols: dict[str, pa.Array] = {
+        "image_id": pa.array(np.asarray(image_ids).astype(str), pa.string()),
+        "label": pa.array(np.asarray(labels, dtype=np.int64)),
+        "ok": pa.array(np.asarray(ok, dtype=bool)),
+    }
+    for layer, x in scores.items():
+        j = x.shape[1]
+        flat = pa.array(np.ascontiguousarray(x, dtype=np.float32).reshape(-1), pa.float32())
         cols[f"{SCORES}.{layer}"] = pa.FixedSizeListArray.from_arrays(flat, j) if j else pa.nulls(n)
     return pa.table(cols)
 

@@ -25,7 +25,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.activation_parts import MAX_CORRUPT_IDS, SCORES, empty_result, merge, part_name, write_block
+from jobs.activation_parts import (
+    MAX_CORRUPT_IDS,
+    SCORES,
+    empty_result,
+    merge,
+    part_name,
+    scored_table,
+    write_block,
+)
 from shared import integrity, store
 from shared.progress import Progress, no_progress
 
@@ -136,24 +144,12 @@ def run_activations(
     t0 = time.time()
     check_spec(spec)
     ds_id = dataset_id(spec.dataset)
-    keys = {layer: spec.key(ds_id, layer) for layer in spec.layers}
-    all_dirs = {
-        layer: table_uri(store_uri, spec.variant_key, layer, spec.state_key, spec.split)
-        for layer in spec.layers
-    }
-    manifests = {layer: integrity.intact_manifest(d) for layer, d in all_dirs.items()}
-    done = {layer for layer, m in manifests.items() if m is not None and m.get("key") == keys[layer]}
-    if len(done) == len(spec.layers):
-        m0 = manifests[spec.layers[0]]
+    all_dirs, dirs, m0 = _uncommitted(spec, store_uri, ds_id)
+    if not dirs:
         return ActivationsResult(
             all_dirs, m0["rows"], m0["corrupt"], m0.get("corrupt_ids", []), True, time.time() - t0,
             m0.get("executor", ""),
         )  # fmt: skip
-    # Only the layers without a committed table are computed; the others are reused as they are.
-    dirs = {layer: d for layer, d in all_dirs.items() if layer not in done}
-    for d in dirs.values():
-        integrity.prepare_recompute(d)  # a damaged or outdated table's files go first
-
     total = split_size(spec.dataset, spec.split)
     if spec.limit is not None and total is not None:
         total = min(total, spec.limit)
@@ -169,10 +165,31 @@ def run_activations(
 
         res = run_ray_data(spec, pre, dirs, attempt, total, progress)
     for layer, d in dirs.items():
-        _commit(spec, layer, d, keys[layer], ds_id, res, executor)
+        _commit(spec, layer, d, spec.key(ds_id, layer), ds_id, res, executor)
     return ActivationsResult(
         all_dirs, res["rows"], res["corrupt"], res["corrupt_ids"], False, time.time() - t0, executor
     )
+
+
+def _uncommitted(
+    spec: ActivationsSpec, store_uri: str, ds_id: str
+) -> tuple[dict[str, str], dict[str, str], dict]:
+    """(every layer's table folder, the folders of the layers to write, the first layer's manifest).
+
+    Only the layers without a committed table are written; the others are reused as they are. A
+    damaged or outdated table's files go first.
+    """
+    all_dirs = {
+        ly: table_uri(store_uri, spec.variant_key, ly, spec.state_key, spec.split) for ly in spec.layers
+    }
+    manifests = {ly: integrity.intact_manifest(d) for ly, d in all_dirs.items()}
+    todo = {
+        ly: d for ly, d in all_dirs.items()
+        if manifests[ly] is None or manifests[ly].get("key") != spec.key(ds_id, ly)
+    }  # fmt: skip
+    for d in todo.values():
+        integrity.prepare_recompute(d)
+    return all_dirs, todo, manifests[spec.layers[0]] or {}
 
 
 def commit_scored(
@@ -199,30 +216,18 @@ def commit_scored(
         )
     t0 = time.time()
     ds_id = dataset_id(spec.dataset)
-    dirs = {}
-    for layer in spec.layers:
-        d = table_uri(store_uri, spec.variant_key, layer, spec.state_key, spec.split)
-        done = integrity.intact_manifest(d)
-        if done is None or done.get("key") != spec.key(ds_id, layer):
-            integrity.prepare_recompute(d)
-            dirs[layer] = d
+    all_dirs, dirs, _ = _uncommitted(spec, store_uri, ds_id)
     res = empty_result(dirs)
     if dirs:
-        n = len(ids)
-        cols = {"image_id": pa.array(ids, pa.string()), "label": pa.array(np.asarray(labels, np.int64)),
-                "ok": pa.array(np.ones(n, bool))}  # fmt: skip
-        for layer in dirs:
-            x = np.ascontiguousarray(scores[layer], dtype=np.float32)
-            cols[f"{SCORES}.{layer}"] = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
-        table, attempt = pa.table(cols), uuid.uuid4().hex[:8]
-        for i, start in enumerate(range(0, n, PART_ROWS)):
+        table = scored_table(ids, labels, np.ones(len(ids), bool), {ly: scores[ly] for ly in dirs})
+        attempt = uuid.uuid4().hex[:8]
+        for i, start in enumerate(range(0, len(ids), PART_ROWS)):
             res = merge(res, write_block(table.slice(start, PART_ROWS), dirs, part_name(attempt, 0, i)))
         res["corrupt"], res["corrupt_ids"] = len(unreadable), list(unreadable[:MAX_CORRUPT_IDS])
         for layer, d in dirs.items():
             _commit(spec, layer, d, spec.key(ds_id, layer), ds_id, res, source)
     return ActivationsResult(
-        {ly: table_uri(store_uri, spec.variant_key, ly, spec.state_key, spec.split) for ly in spec.layers},
-        len(ids), len(unreadable), list(unreadable[:MAX_CORRUPT_IDS]), not dirs, time.time() - t0, source,
+        all_dirs, len(ids), len(unreadable), list(unreadable[:MAX_CORRUPT_IDS]), not dirs, time.time() - t0, source,
     )  # fmt: skip
 
 

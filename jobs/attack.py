@@ -60,6 +60,7 @@ class EvalScores:
     recorded by the last evaluation when its weights are the result's: the metrics stage's
     activation tables of θ on that split, without their forward pass (``jobs.activations.commit_scored``)."""
 
+    step: int  # the evaluated step (the scores are the result's only when it is the result step)
     split: str
     ids: list[str]  # readable images, in the evaluation's order
     labels: Any  # np.ndarray [N] int64
@@ -154,7 +155,7 @@ class _Trial:
         self.history: list[dict[str, Any]] = []
         self.last_ckpt: str | None = None
         self.kept: tuple[int, dict[str, torch.Tensor]] | None = None  # last evaluated state within budget
-        self.eval_scores: tuple[int, EvalScores] | None = None  # (step, scores) of a recording evaluation
+        self.eval_scores: EvalScores | None = None  # what a recording evaluation kept
 
     def accuracy(self, model: torch.nn.Module, record: bool = False) -> float:
         """Top-1 on the evaluation subset; ``record``: keep the layers' unit scores too (:class:`EvalScores`)."""
@@ -165,11 +166,8 @@ class _Trial:
             acc, scores = accuracy_and_scores(
                 model, spec.model, spec.layers, ev.pixels, ev.labels, spec.eval_batch_size, self.amp
             )
-        self.eval_scores = (
-            self.step,
-            EvalScores(spec.eval_split, list(ev.ids), ev.labels.cpu().numpy(),
-                       {k: v.numpy() for k, v in scores.items()}, list(ev.unreadable)),
-        )  # fmt: skip
+        self.eval_scores = EvalScores(self.step, spec.eval_split, list(ev.ids), ev.labels.cpu().numpy(),
+                                      {k: v.numpy() for k, v in scores.items()}, list(ev.unreadable))  # fmt: skip
         return acc
 
     def records_tables(self) -> bool:
@@ -314,7 +312,7 @@ def _run(spec, store_uri, key, device, report, checkpoint_dir, resume_from, alph
     return AttackResult(
         uri, key, trial.history, final_acc, trial.acc0, trial.step, False, stopped, trial.last_ckpt,
         time.time() - t0, result_step, broken,
-        scored[1] if uri is not None and scored is not None and scored[0] == result_step else None,
+        scored if uri is not None and scored is not None and scored.step == result_step else None,
     )  # fmt: skip
 
 
